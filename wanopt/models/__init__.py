@@ -1,0 +1,3 @@
+from .wan import WanModel
+
+__all__ = ["WanModel"]
