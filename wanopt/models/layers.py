@@ -192,6 +192,31 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str | None 
     return out.transpose(1, 2)
 
 
+def flex_attention_bhsd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """FlexAttention with no mask or score modification, on [B, heads, L, head_dim]; compiled once on CUDA."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    global _compiled_flex
+    if not q.is_cuda:
+        return flex_attention(q, k, v)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v)
+
+
+_compiled_flex = None
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str | None = "flash") -> torch.Tensor:
+    """Non-causal attention on [B, L, heads, head_dim] with a named kernel: an SDPA backend or "flex"."""
+    if backend == "flex":
+        return flex_attention_bhsd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    return sdpa(q, k, v, backend)
+
+
+ATTENTION_BACKENDS = (*SDPA_BACKENDS, "flex")
+
+
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_lens: torch.Tensor | None = None,
                      backend: str | None = "flash", dtype: torch.dtype | None = torch.bfloat16) -> torch.Tensor:
     """Upstream `flash_attention()` as a single GPU runs it, overheads included.
@@ -219,7 +244,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_lens: 
     cu_q = torch.cat([q_lens.new_zeros([1]), q_lens]).cumsum(0, dtype=torch.int32).to(q.device, non_blocking=True)
     cu_k = torch.cat([k_lens.new_zeros([1]), k_lens.to(q_lens)]).cumsum(0, dtype=torch.int32).to(q.device, non_blocking=True)
     del cu_q, cu_k  # consumed by varlen flash-attn upstream; every sample here has the same length
-    x = sdpa(q.unflatten(0, (b, lq)), k.unflatten(0, (b, -1)), v.unflatten(0, (b, -1)), backend)
+    x = attention(q.unflatten(0, (b, lq)), k.unflatten(0, (b, -1)), v.unflatten(0, (b, -1)), backend)
     return x.type(out_dtype)
 
 
@@ -241,5 +266,5 @@ def param_count(module: nn.Module) -> int:
 __all__ = [
     "AutocastLinear", "set_compute_dtype", "fp32_island", "WanRMSNorm", "WanLayerNorm", "sinusoidal_embedding_1d",
     "rope_params", "rope_table", "rope_split", "rope_apply", "sdpa", "varlen_attention", "attention_flops",
-    "SDPA_BACKENDS", "AutocastConv3d", "gelu_tanh", "param_count",
+    "SDPA_BACKENDS", "ATTENTION_BACKENDS", "attention", "flex_attention_bhsd", "AutocastConv3d", "gelu_tanh", "param_count",
 ]

@@ -122,6 +122,7 @@ class WanT2V:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype, self.offload, self.t5_cpu = dtype, offload, t5_cpu
         self.batch_cfg = False  # stage `batch_cfg` turns this on
+        self.release_t5_after_encode = False  # stage `no_offload` turns this on
         self.dit_contexts: list = []  # context-manager factories entered around every DiT call (stages add)
         layout = CheckpointLayout.find(self.config, checkpoint_dir)
         self.layout = layout
@@ -162,6 +163,8 @@ class WanT2V:
                 out.append(hidden[:, : int(mask.sum())].to(self.device))
             if self.offload and not self.t5_cpu:
                 self.text_encoder.to("cpu")
+        if self.release_t5_after_encode:
+            self.release_text_encoder()
         return out[0], out[1]
 
     def release_text_encoder(self):

@@ -1,0 +1,495 @@
+"""Capture: run a named workload with its stages on a GPU; per stage, time one step, profile it, write a manifest.
+
+    python -m wanopt capture --workload t2v-a14b-480p --stages all --out traces/
+
+One call is one "capture run": it measures the ceilings first, then applies the stages cumulatively in the order
+of wanopt.stages.T2V_STAGES and captures the ones asked for. Every speedup in the manifests compares numbers
+taken in the same run on the same machine, and each manifest carries the run's id.
+
+Per captured stage: a warm-up step (compile and graph capture happen here and are reported as compile time),
+then a step timed with CUDA events from a fresh state (median, min, max of >= 10 repeats, or >= 3 when a step
+takes over a second), its peak memory, the error of its output against the baseline's, and a torch.profiler
+trace of one step (two for the A14B offload baseline: a normal step and the expert-switch step), gzip'd, with
+ProfilerStep markers and rank metadata as HTA wants them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..configs import get_config, get_workload, num_tokens
+from ..stages import T2V_STAGES, best_backend, get_stage, uncompile
+from .flops import kernel_floor_s, wan_eval_flops
+from .timing import (attention_ceilings_tflops, cuda_time_ms, environment, gemm_ceiling_tflops, gib, sha256,
+                     summarize)
+
+PROMPT = "A cat in a tiny astronaut suit walks across the surface of the moon, slow dolly shot, golden rim light"
+TRACE_NAME = "rank0.pt.trace.json.gz"
+
+
+class CaptureNeedsGPU(RuntimeError):
+    pass
+
+
+def require_cuda():
+    if not torch.cuda.is_available():
+        raise CaptureNeedsGPU(
+            "capture needs a CUDA GPU: it times and profiles the real kernels. This machine has none. The traces "
+            "and manifests captured on an H100 are committed under traces/, and every notebook reads those.")
+
+
+# -- profiling --------------------------------------------------------------------------------------------------
+
+
+def profile_steps(run_step, n_steps: int, trace_path: Path, stage: str, warmup: int = 1) -> Path:
+    """Profile `warmup + n_steps` calls of run_step(i); the last n_steps are recorded, one ProfilerStep each."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    trace_path.parent.mkdir(parents=True, exist_ok=True)
+    extra = {}
+    if torch.cuda.is_available():
+        # cudaDeviceSynchronize / cudaStreamSynchronize events: HTA's critical path and the host-sync counts
+        extra["experimental_config"] = torch._C._profiler._ExperimentalConfig(enable_cuda_sync_events=True)
+    with profile(activities=activities, schedule=schedule(wait=0, warmup=warmup, active=n_steps, repeat=1),
+                 on_trace_ready=lambda p: p.export_chrome_trace(str(trace_path)), record_shapes=True,
+                 with_stack=False, **extra) as prof:
+        prof.add_metadata_json("distributedInfo", json.dumps({"rank": 0, "world_size": 1}))
+        prof.add_metadata("stage", stage)
+        for i in range(warmup + n_steps):
+            run_step(i)
+            prof.step()
+    return trace_path
+
+
+# -- T2V --------------------------------------------------------------------------------------------------------
+
+
+class T2VRun:
+    """State of one T2V capture run: the pipeline, the prompts, fresh-state factories and step runners."""
+
+    def __init__(self, workload, config, pipe, context, context_null, seed: int):
+        self.workload, self.config, self.pipe = workload, config, pipe
+        self.context, self.context_null, self.seed = context, context_null, seed
+        ts = pipe.prepare(context, context_null, size=workload.size, frame_num=workload.frame_num).timesteps
+        self.timesteps = ts.tolist()
+        self.normal_index = 1  # a steady step on the (first) expert; step 0 carries the upload with offload
+        self.switch_index = next((i for i, t in enumerate(self.timesteps)
+                                  if config.num_experts == 2 and t < config.boundary * 1000), None)
+
+    def state_at(self, index: int):
+        state = self.pipe.prepare(self.context, self.context_null, size=self.workload.size,
+                                  frame_num=self.workload.frame_num, seed=self.seed)
+        state.step_index = index
+        return state
+
+    def step_from_fresh(self, index: int):
+        """Returns (setup, run, last_output): setup builds a fresh state at `index`, run does one step on it."""
+        box = {}
+
+        def setup():
+            box["state"] = self.state_at(index)
+
+        def run():
+            self.pipe.denoise_step(box["state"])
+            box["out"] = box["state"].latents
+
+        return setup, run, box
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _timed_once(fn) -> float:
+    return cuda_time_ms(fn, repeats=1)[0]
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def capture(workload: str, stages="all", out="traces", checkpoint=None, seed: int = 0, profile: bool = True,
+            peers: bool = False, compare_whole_compile: bool = False, allow_cpu: bool = False,
+            progress: bool = True) -> dict:
+    """Capture a workload (see module docstring). Returns the run summary also written to <out>/<workload>/."""
+    if not allow_cpu:
+        require_cuda()
+    wl = get_workload(workload)
+    if wl.config.startswith("mg2"):
+        from .capture_mg2 import capture_mg2
+
+        return capture_mg2(wl, stages, out, checkpoint, seed, profile, allow_cpu, progress)
+    return capture_t2v(wl, stages, Path(out), checkpoint, seed, profile, peers, compare_whole_compile, progress)
+
+
+def _stage_list(stages) -> list[str]:
+    if stages in ("all", None):
+        return [s.name for s in T2V_STAGES]
+    names = stages.split(",") if isinstance(stages, str) else list(stages)
+    return [get_stage(n.strip()).name for n in names if n.strip()]
+
+
+def capture_t2v(wl, stages, out: Path, checkpoint, seed, profile, peers, compare_whole_compile, progress) -> dict:
+    from ..pipelines.t2v import WanT2V
+
+    config = get_config(wl.config)
+    wanted = _stage_list(stages)
+    last = max(i for i, s in enumerate(T2V_STAGES) if s.name in wanted)
+    plan = T2V_STAGES[: last + 1]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    env = environment()
+    run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    tokens = num_tokens(config, wl.size, wl.frame_num)
+    summary = {"workload": wl.name, "run_id": run_id, "config": config.name, "tokens": tokens, "env": env,
+               "stages_captured": wanted, "stages": {}, "peers": {}}
+
+    # 1. Ceilings, on this GPU, in this run
+    if device == "cuda":
+        attn = attention_ceilings_tflops(config.dit.num_heads, tokens, tokens, config.dit.head_dim)
+        summary["ceilings"] = {"gemm_tflops": gemm_ceiling_tflops(), "attention": attn,
+                               "attention_backend": best_backend(attn)}
+    else:
+        summary["ceilings"] = {"gemm_tflops": 1.0, "attention": {"flash": 1.0}, "attention_backend": "flash"}
+    ceil = summary["ceilings"]
+    print(f"[{wl.name}] ceilings: GEMM {ceil['gemm_tflops']:.0f} TFLOP/s, attention "
+          f"{ {k: round(v) for k, v in ceil['attention'].items() if isinstance(v, float)} } TFLOP/s", flush=True)
+
+    # 2. The official pipeline, random weights at real size (or the checkpoint), offload on
+    t0 = time.perf_counter()
+    pipe = WanT2V(config, checkpoint_dir=checkpoint, device=device, offload=True, seed=seed)
+    summary["build_s"] = time.perf_counter() - t0
+
+    # 3. T5 as the official offload path runs it (to the GPU and back), then resident
+    box = {}
+    summary["t5_encode_offload_ms"] = _timed_once(lambda: box.update(ctx=pipe.encode_prompt(PROMPT)))
+    context, context_null = box["ctx"]
+    pipe.text_encoder.to(device)
+    pipe.offload = False
+    pipe.encode_prompt(PROMPT)
+    summary["t5_encode_resident_ms"] = summarize(cuda_time_ms(lambda: pipe.encode_prompt(PROMPT), repeats=3))
+    pipe.offload = True
+    pipe.text_encoder.to("cpu")
+    run = T2VRun(wl, config, pipe, context, context_null, seed)
+    summary["timesteps"] = run.timesteps
+
+    # 4. Peers: diffusers' WanTransformer3DModel on the same (high-noise / only) expert weights
+    if peers:
+        summary["peers"] = capture_peers(run, env["diffusers"], compare_cudnn=config.dit.dim < 4096)
+        for m in pipe.experts.values():
+            m.to("cpu")
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch._dynamo.reset()
+
+    # 5. Stages, cumulatively
+    baseline_out, previous = None, None
+    options = {"05_attention": {"backend": ceil["attention_backend"]}}
+    bar = tqdm(plan, desc=f"{wl.name} stages", disable=not progress)
+    for stage in bar:
+        bar.set_postfix_str(stage.name)
+        try:
+            previous, baseline_out = _run_stage(run, stage, wanted, options, out, summary, baseline_out, previous,
+                                                profile, compare_whole_compile)
+        except Exception as exc:  # keep what was captured; later stages build on this one, so stop here
+            import traceback
+
+            traceback.print_exc()
+            summary["failed"] = {"stage": stage.name, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+            break
+        pipe = run.pipe
+    _write_summary(out / wl.name, summary)
+    print_table(summary)
+    return summary
+
+
+def _run_stage(run, stage, wanted, options, out, summary, baseline_out, previous, profile, compare_whole_compile):
+    wl, config, pipe = run.workload, run.config, run.pipe
+    t0 = time.perf_counter()
+    if stage.apply is not None:
+        if stage.name == "07_compile" and compare_whole_compile and stage.name in wanted:
+            summary["compile_whole_model"] = compare_whole_model_compile(run)
+        pipe = stage.apply(pipe, **options.get(stage.name, {}))
+        pipe.applied_stages = [*getattr(pipe, "applied_stages", []), stage.name]
+        run.pipe = pipe
+    apply_s = time.perf_counter() - t0
+    if stage.name not in wanted:
+        return previous, baseline_out
+    m = capture_stage(run, stage, out / wl.name / stage.name, summary, baseline_out, previous, profile)
+    m["apply_s"] = apply_s
+    output = m.pop("_output")
+    if stage.name == "00_baseline":
+        baseline_out = output
+        m["vae_decode_ms"] = summary["vae_decode_ms"] = time_vae_decode(run)
+    m["projection"] = project_video(m, summary, config)
+    _write_manifest(out / wl.name / stage.name, m)
+    summary["stages"][stage.name] = {k: m[k] for k in ("timing", "peak_memory_gib", "mfu", "kernel_floor_ratio",
+                                                        "error_vs_baseline", "speedup_vs_baseline",
+                                                        "compile_s", "projection") if k in m}
+    _write_summary(out / wl.name, summary)  # after every stage: a later failure loses nothing
+    _sync()
+    return m, baseline_out
+
+
+def capture_stage(run: T2VRun, stage, folder: Path, summary: dict, baseline_out, previous, profile: bool) -> dict:
+    pipe, config, wl = run.pipe, run.config, run.workload
+    folder.mkdir(parents=True, exist_ok=True)
+    on_gpu = torch.cuda.is_available()
+    ceil = summary["ceilings"]
+
+    # warm-up from a fresh state (with offload this is the step that uploads the expert)
+    setup, step, box = run.step_from_fresh(run.normal_index)
+    setup()
+    warm_ms = _timed_once(step)
+    first = cuda_time_ms(step, setup=setup, repeats=1)[0]
+    repeats = 3 if first > 1000 else 10
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    outputs = []
+
+    def step_and_keep():
+        step()
+        if not outputs:
+            outputs.append(box["out"].detach().clone())
+
+    times = [first] + cuda_time_ms(step_and_keep, setup=setup, repeats=repeats - 1)
+    peak = gib(torch.cuda.max_memory_allocated()) if on_gpu else None
+    median = statistics.median(times)
+    output = outputs[0]
+
+    model = next(iter(pipe.experts.values()))
+    inner = getattr(model, "model", model)  # GraphedDiT wraps the model
+    per_token = bool(getattr(inner, "per_token_time", False)) and type(inner).__name__ == "WanModel"
+    eval_flops = wan_eval_flops(config.dit, num_tokens(config, wl.size, wl.frame_num), per_token)
+    step_flops = 2 * eval_flops["total"]
+    attn_tflops = ceil["attention"][ceil["attention_backend"]]
+    floor_s = 2 * kernel_floor_s(eval_flops, ceil["gemm_tflops"], attn_tflops)
+    err = 0.0 if baseline_out is None else rel_l2(output, baseline_out)
+    m = {
+        "workload": wl.name, "stage": stage.name, "title": stage.title, "run_id": summary["run_id"],
+        "stages_applied": [s.name for s in T2V_STAGES[: T2V_STAGES.index(stage) + 1]],
+        "device": summary["env"].get("device", "cpu"),
+        "versions": {k: summary["env"].get(k) for k in ("torch", "cuda", "cudnn", "driver", "triton", "python",
+                                                         "diffusers", "transformers", "git_commit")},
+        "date": summary["env"]["date"],
+        "step": wl.step + (" (batched: one forward of batch 2)" if pipe.batch_cfg else " (two sequential forwards)")
+                + ("; offload on: one expert resident" if pipe.offload else "; both experts resident"),
+        "step_index": run.normal_index, "timestep": run.timesteps[run.normal_index],
+        "timing": summarize(times),
+        "eval_ms": median / 2,  # CFG: two evals per step (the scheduler step is ~0.1 % of it)
+        "warmup_ms": warm_ms,
+        "compile_s": max(0.0, (warm_ms - median) / 1e3) if stage.name in ("07_compile", "08_cuda_graphs") else 0.0,
+        "peak_memory_gib": peak,
+        "flops_per_step": step_flops, "flops_per_eval": eval_flops,
+        "ceilings": {"gemm_tflops": ceil["gemm_tflops"], "attention_tflops": attn_tflops,
+                     "attention_backend": ceil["attention_backend"], "attention_all": ceil["attention"]},
+        "attention_backend_used": getattr(pipe, "attention_backend", "flash"),
+        "mfu": step_flops / (median / 1e3 * ceil["gemm_tflops"] * 1e12),
+        "kernel_floor_ms": floor_s * 1e3, "kernel_floor_ratio": (median / 1e3) / floor_s,
+        "error_vs_baseline": {"metric": "relative L2 of the latents after one denoising step, vs 00_baseline",
+                              "value": err, "tolerance": stage.tolerance, "ok": err <= stage.tolerance},
+        "speedup_vs_baseline": None, "speedup_vs_previous": None,
+    }
+    if baseline_out is not None:
+        base = summary["stages"]["00_baseline"]["timing"]["median"]
+        m["speedup_vs_baseline"] = base / median
+    if previous is not None:
+        m["previous_stage"] = previous["stage"]
+        m["speedup_vs_previous"] = previous["timing"]["median"] / median
+    if stage.name == "00_baseline":
+        m["first_step_with_upload_ms"] = warm_ms
+
+    # the expert switch with offload: the low-noise expert in, the high-noise one out, in the timed step
+    if pipe.offload and run.switch_index is not None and on_gpu:
+        def switch_setup():
+            pipe.prepare_expert("high_noise")
+            box["state"] = run.state_at(run.switch_index)
+        n = 2 if median < 20000 else 1
+        m["switch_step"] = summarize(cuda_time_ms(step, setup=switch_setup, repeats=n))
+        pipe.prepare_expert("high_noise")
+
+    # the trace: consecutive steps of one run from a fresh state
+    if profile:
+        if pipe.offload and run.switch_index is not None:
+            start, active, profiled = run.switch_index - 2, 2, ["normal step", "expert-switch step"]
+        else:
+            start, active, profiled = run.normal_index - 1 if run.normal_index else 0, 1, ["normal step"]
+        state = run.state_at(max(start, 0))
+        trace = profile_steps(lambda i: pipe.denoise_step(state), active, folder / TRACE_NAME, stage.name)
+        m["trace"] = {"file": TRACE_NAME, "sha256": sha256(trace), "bytes": trace.stat().st_size,
+                      "profiled_steps": [{"step_index": max(start, 0) + 1 + i, "what": w,
+                                          "timestep": run.timesteps[max(start, 0) + 1 + i]}
+                                         for i, w in enumerate(profiled)],
+                      "note": "one warm-up step precedes the profiled ones (profiler schedule warmup=1)"}
+    m["_output"] = output
+    return m
+
+
+def time_vae_decode(run: T2VRun) -> float:
+    """Decode the workload's latent once (after a 2-frame warm-up decode), experts offloaded first as upstream."""
+    pipe = run.pipe
+    pipe.offload_all()
+    latents = run.state_at(0).latents
+    pipe.decode(latents[:, :, :2])
+    return _timed_once(lambda: pipe.decode(latents))
+
+
+def project_video(m: dict, summary: dict, config) -> dict:
+    """A full video from numbers of this run: T5 + all steps (+ offload uploads and the switch) + VAE decode."""
+    steps = config.sample_steps
+    step_ms = m["timing"]["median"]
+    offload = "offload on" in m["step"]
+    t5 = summary["t5_encode_offload_ms"] if offload else summary["t5_encode_resident_ms"]["median"]
+    parts = {"t5_ms": t5, "steps_ms": steps * step_ms, "vae_ms": summary.get("vae_decode_ms")}
+    if offload and "first_step_with_upload_ms" in m:
+        parts["first_upload_ms"] = m["first_step_with_upload_ms"] - step_ms
+    if offload and "switch_step" in m:
+        parts["switch_extra_ms"] = m["switch_step"]["median"] - step_ms
+    total = sum(v for v in parts.values() if v is not None)
+    return {**parts, "total_s": total / 1e3, "steps": steps,
+            "formula": "T5 + steps × step (+ first upload + switch overhead with offload) + VAE decode"}
+
+
+# -- peers ------------------------------------------------------------------------------------------------------
+
+
+def diffusers_twin(model):
+    """diffusers' WanTransformer3DModel sharing `model`'s bf16 weights (no copy), with the modules diffusers keeps
+    in fp32 (`_keep_in_fp32_modules`) in fp32, as `from_pretrained(torch_dtype=bf16)` gives a user."""
+    from diffusers import WanTransformer3DModel
+
+    from ..weights import wan_state_dict_to_diffusers
+
+    c = model.config
+    with torch.device("meta"):
+        twin = WanTransformer3DModel(patch_size=c.patch_size, num_attention_heads=c.num_heads,
+                                     attention_head_dim=c.head_dim, in_channels=c.in_dim, out_channels=c.out_dim,
+                                     text_dim=c.text_dim, freq_dim=c.freq_dim, ffn_dim=c.ffn_dim,
+                                     num_layers=c.num_layers, cross_attn_norm=c.cross_attn_norm, eps=c.eps)
+    keep = WanTransformer3DModel._keep_in_fp32_modules
+    state = {}
+    for k, v in wan_state_dict_to_diffusers(model.state_dict()).items():
+        state[k] = v.float() if any(part in k.split(".") or k.startswith(part) for part in keep) else v
+    twin.load_state_dict(state, strict=True, assign=True)
+    twin.rope = type(twin.rope)(c.head_dim, c.patch_size, 1024).to(next(model.parameters()).device)
+    return twin.eval().requires_grad_(False)
+
+
+def capture_peers(run: T2VRun, diffusers_version: str, compare_cudnn: bool = False) -> dict:
+    """One denoising step with diffusers' model as the transformer (two sequential CFG evals, as diffusers'
+    WanPipeline does), eager and regional-compiled (`compile_repeated_blocks`), same weights, same inputs."""
+    pipe = run.pipe
+    name = "high_noise" if run.config.num_experts == 2 else "model"
+    model = pipe.prepare_expert(name)
+    twin = diffusers_twin(model)
+    results = {}
+
+    text_len = run.config.dit.text_len
+    ctx, ctx_null = (torch.cat([c, c.new_zeros(1, text_len - c.size(1), c.size(2))], 1)
+                     for c in (run.context, run.context_null))  # diffusers' pipeline pads to 512 as well
+
+    def twin_step(state):
+        t = state.timesteps[state.step_index]
+        g = pipe.guide_scale_for(t)
+        x = state.latents
+        xb = x.to(torch.bfloat16)  # WanPipeline feeds the transformer its own dtype
+        v_c = twin(xb, t.reshape(1), ctx, return_dict=False)[0]
+        v_u = twin(xb, t.reshape(1), ctx_null, return_dict=False)[0]
+        state.latents = state.scheduler.step(v_u + g * (v_c - v_u), t, x, return_dict=False)[0]
+        state.step_index += 1
+
+    def measure(label):
+        box = {}
+
+        def setup():
+            box["s"] = run.state_at(run.normal_index)
+
+        setup()
+        warm = _timed_once(lambda: twin_step(box["s"]))
+        times = cuda_time_ms(lambda: twin_step(box["s"]), setup=setup, repeats=3 if warm > 1000 else 10)
+        setup()
+        twin_step(box["s"])
+        ours = run.state_at(run.normal_index)
+        pipe.denoise_step(ours)
+        results[label] = {"timing": summarize(times), "warmup_ms": warm,
+                          "compile_s": max(0.0, (warm - statistics.median(times)) / 1e3),
+                          "error_vs_baseline": rel_l2(box["s"].latents, ours.latents)}
+        print(f"  peer {label}: {statistics.median(times):.1f} ms/step", flush=True)
+
+    with torch.no_grad():
+        measure("diffusers_eager")
+        twin.compile_repeated_blocks(fullgraph=True)
+        measure("diffusers_regional_compile")
+        if compare_cudnn:
+            torch._dynamo.reset()
+            twin.set_attention_backend("_native_cudnn")
+            measure("diffusers_regional_compile_cudnn")
+    results["note"] = (f"diffusers {diffusers_version}, default attention backend "
+                       "(native SDPA dispatch) unless the label says cudnn; the twin shares the expert's bf16 "
+                       "weights and keeps diffusers' fp32 modules in fp32")
+    del twin
+    gc.collect()
+    torch.cuda.empty_cache()
+    return results
+
+
+def compare_whole_model_compile(run: T2VRun) -> dict:
+    """torch.compile of the whole model, timed in this run before the regional compile replaces it."""
+    from ..stages import compile_model
+
+    compile_model(run.pipe)
+    setup, step, box = run.step_from_fresh(run.normal_index)
+    setup()
+    warm = _timed_once(step)
+    times = cuda_time_ms(step, setup=setup, repeats=3 if warm > 1000 else 10)
+    uncompile(run.pipe)
+    return {"timing": summarize(times), "warmup_ms": warm,
+            "compile_s": max(0.0, (warm - statistics.median(times)) / 1e3)}
+
+
+# -- output -----------------------------------------------------------------------------------------------------
+
+
+def _write_manifest(folder: Path, m: dict):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps(m, indent=2, default=_json_default) + "\n")
+
+
+def _write_summary(folder: Path, summary: dict):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "capture.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, (torch.dtype, torch.device, Path)):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def print_table(summary: dict):
+    rows = [f"{'stage':<18}{'step ms':>10}{'speedup':>9}{'MFU':>7}{'floor×':>8}{'mem GiB':>9}{'err':>10}"]
+    for name, s in summary["stages"].items():
+        sp = s.get("speedup_vs_baseline") or 1.0
+        mem = s.get("peak_memory_gib")
+        rows.append(f"{name:<18}{s['timing']['median']:>10.1f}{sp:>9.2f}{s['mfu']:>7.2f}"
+                    f"{s['kernel_floor_ratio']:>8.2f}{(mem if mem is not None else float('nan')):>9.1f}"
+                    f"{s['error_vs_baseline']['value']:>10.2e}")
+    for label, p in summary.get("peers", {}).items():
+        if isinstance(p, dict):
+            rows.append(f"{label:<34}{p['timing']['median']:>10.1f} ms/step (compile {p['compile_s']:.0f} s)")
+    print(f"\n== {summary['workload']} (run {summary['run_id']}, {summary['env'].get('device', 'cpu')}) ==")
+    print("\n".join(rows), flush=True)
+
+
+__all__ = ["capture", "CaptureNeedsGPU", "require_cuda", "profile_steps", "diffusers_twin"]

@@ -1,0 +1,176 @@
+"""Stage 6, fusion: one QKV GEMM, and Triton kernels for norm + modulate and RMSNorm + RoPE.
+
+What changes:
+  - self-attention's q, k, v projections become one d→3d GEMM (and cross-attention's k, v one d→2d GEMM on the
+    text); the separate weights are freed, so memory does not grow;
+  - LayerNorm + `* (1 + scale) + shift` (twice per block) and the cross-attention LN with affine become one
+    Triton kernel each: one read of the bf16 row, one write, statistics in fp32;
+  - RMSNorm over the full dim + split heads + RoPE on interleaved pairs becomes one Triton kernel (q and k), and
+    plain RMSNorm for the cross-attention q and k.
+Exact up to rounding: the kernels keep intermediates in fp32 and round once, where the eager code rounds to
+bf16 after each op (differences at the bf16 ulp level, measured against the baseline).
+What it should buy: the eager lean block still makes ~8 passes over L×d for each RoPE and ~3 for each modulate;
+a pass over a 480p A14B activation (32,760 × 5120 bf16 = 335 MB) costs ~0.2 ms at 3 TB/s, so a few ms per block.
+
+On a machine without CUDA the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, which wanopt sets
+on import, before Triton is loaded) so that CI tests them against the eager reference; under torch.compile on
+the CPU, or when Triton is missing, the eager functions run instead.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from ..models.layers import AutocastLinear
+from .dtype_hygiene import LeanCrossAttention, LeanSelfAttention, norm_modulate, qk_norm_rope
+
+try:
+    import triton
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+except ImportError:  # pragma: no cover - triton ships with CUDA torch; CI installs it for the interpreter
+    triton = None
+
+# On the CPU the kernels need the interpreter, chosen before Triton was first imported (wanopt/__init__ does it).
+INTERPRETER = triton is not None and isinstance(tl.sum, InterpretedFunction)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _norm_modulate_kernel(x_ptr, mul_ptr, add_ptr, out_ptr, x_row_stride, rows_per_batch, mul_bstride,
+                              add_bstride, D, eps, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        b = row // rows_per_batch
+        cols = tl.arange(0, BLOCK)
+        m = cols < D
+        x = tl.load(x_ptr + row * x_row_stride + cols, mask=m, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=0) / D
+        xc = tl.where(m, x - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / D + eps)
+        mul = tl.load(mul_ptr + b * mul_bstride + cols, mask=m, other=0.0).to(tl.float32)
+        add = tl.load(add_ptr + b * add_bstride + cols, mask=m, other=0.0).to(tl.float32)
+        y = xc * rstd * mul + add
+        tl.store(out_ptr + row * D + cols, y.to(out_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _rmsnorm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, x_row_stride, tokens, D, HALF_HD, eps,
+                             HAS_ROPE: tl.constexpr, BLOCK_HALF: tl.constexpr):
+        row = tl.program_id(0)
+        i = tl.arange(0, BLOCK_HALF)  # pair index over the whole row (all heads)
+        m = i < D // 2
+        base = x_ptr + row * x_row_stride
+        xe = tl.load(base + 2 * i, mask=m, other=0.0).to(tl.float32)
+        xo = tl.load(base + 2 * i + 1, mask=m, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt((tl.sum(xe * xe, axis=0) + tl.sum(xo * xo, axis=0)) / D + eps)
+        ye = xe * rstd * tl.load(w_ptr + 2 * i, mask=m, other=0.0).to(tl.float32)
+        yo = xo * rstd * tl.load(w_ptr + 2 * i + 1, mask=m, other=0.0).to(tl.float32)
+        if HAS_ROPE:
+            tok = row % tokens
+            j = i % HALF_HD  # pair index within the head: every head turns by the same angles
+            c = tl.load(cos_ptr + tok * HALF_HD + j, mask=m, other=1.0).to(tl.float32)
+            s = tl.load(sin_ptr + tok * HALF_HD + j, mask=m, other=0.0).to(tl.float32)
+            ye, yo = ye * c - yo * s, ye * s + yo * c
+        out = out_ptr + row * D
+        tl.store(out + 2 * i, ye.to(out_ptr.dtype.element_ty), mask=m)
+        tl.store(out + 2 * i + 1, yo.to(out_ptr.dtype.element_ty), mask=m)
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    if triton is None:
+        return False
+    if x.is_cuda:
+        return True
+    return INTERPRETER and not torch.compiler.is_compiling()
+
+
+def _rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """x as evenly spaced rows with unit inner stride (a chunk view of a wider tensor is fine), and the row stride;
+    anything else is copied to contiguous first."""
+    b, l, d = x.shape
+    if x.stride(2) != 1 or (b > 1 and x.stride(0) != l * x.stride(1)):
+        x = x.contiguous()
+    return x, x.stride(1)
+
+
+def _warps(block: int) -> int:
+    return 8 if block >= 4096 else 4
+
+
+def triton_norm_modulate(x, mul, add, eps):
+    """Triton version of dtype_hygiene.norm_modulate. x [B, L, D]; mul/add [B, 1, D] (per sample) or [D]."""
+    if not _use_triton(x) or (mul.dim() == 3 and mul.size(1) != 1):
+        return norm_modulate(x, mul, add, eps)
+    b, l, d = x.shape
+    mul, add = mul.contiguous(), add.contiguous()
+    x, row_stride = _rows(x)
+    out = torch.empty(b, l, d, device=x.device, dtype=x.dtype)
+    block = triton.next_power_of_2(d)
+    bstride = lambda t: d if t.dim() == 3 and t.size(0) > 1 else 0  # noqa: E731
+    _norm_modulate_kernel[(b * l,)](x, mul, add, out, row_stride, l, bstride(mul), bstride(add), d, eps,
+                                    BLOCK=block, num_warps=_warps(block))
+    return out
+
+
+def triton_qk_norm_rope(x, weight, eps, rope, heads):
+    """Triton version of dtype_hygiene.qk_norm_rope. x [B, L, D] -> [B, L, heads, D/heads]."""
+    if not _use_triton(x):
+        return qk_norm_rope(x, weight, eps, rope, heads)
+    b, l, d = x.shape
+    x, row_stride = _rows(x)
+    out = torch.empty(b, l, d, device=x.device, dtype=x.dtype)
+    half_hd = d // heads // 2
+    cos, sin = (t.contiguous() for t in rope) if rope is not None else (weight, weight)  # unused without RoPE
+    block = triton.next_power_of_2(d // 2)
+    _rmsnorm_rope_kernel[(b * l,)](x, weight, cos, sin, out, row_stride, l, d, half_hd, eps,
+                                   HAS_ROPE=rope is not None, BLOCK_HALF=block, num_warps=_warps(block))
+    return out.unflatten(-1, (heads, -1))
+
+
+TRITON_KERNELS = SimpleNamespace(norm_modulate=triton_norm_modulate, qk_norm_rope=triton_qk_norm_rope,
+                                 name="triton")
+
+
+# -- fused projections ------------------------------------------------------------------------------------------
+
+
+def _fused_linear(*linears: AutocastLinear) -> AutocastLinear:
+    first = linears[0]
+    fused = AutocastLinear(first.in_features, sum(m.out_features for m in linears), compute_dtype=first.compute_dtype)
+    fused.to(device=first.weight.device, dtype=first.weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([m.weight for m in linears]))
+        fused.bias.copy_(torch.cat([m.bias for m in linears]))
+    return fused.requires_grad_(False)
+
+
+class FusedSelfAttention(LeanSelfAttention):
+    def project_qkv(self, x):
+        return self.qkv(x).chunk(3, dim=-1)
+
+
+class FusedCrossAttention(LeanCrossAttention):
+    def project_kv(self, context):
+        return self.kv(context).chunk(2, dim=-1)
+
+
+def fuse_model(model, kernels=TRITON_KERNELS):
+    """On a lean model (stage 4): fuse the projections and switch the block kernels, in place."""
+    for block in model.blocks:
+        sa, ca = block.self_attn, block.cross_attn
+        sa.qkv = _fused_linear(sa.q, sa.k, sa.v)
+        del sa.q, sa.k, sa.v  # the separate weights go: memory stays flat
+        ca.kv = _fused_linear(ca.k, ca.v)
+        del ca.k, ca.v
+        sa.__class__, ca.__class__ = FusedSelfAttention, FusedCrossAttention
+        for m in (block, sa, ca):
+            m.kernels = kernels
+    return model
+
+
+def fuse_kernels(pipe):
+    for model in pipe.experts.values():
+        fuse_model(model)
+    return pipe
