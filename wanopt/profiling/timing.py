@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
 import platform
 import statistics
 import subprocess
@@ -106,7 +107,10 @@ def environment() -> dict:
             env[pkg] = __import__(pkg).__version__
         except ImportError:
             env[pkg] = None
-    env["git_commit"] = _run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[2])
+    # the device machine gets a copy of the working tree without .git: the caller passes the commit in
+    env["git_commit"] = os.environ.get("WANOPT_GIT_COMMIT") or _run(["git", "rev-parse", "--short", "HEAD"],
+                                                                     cwd=Path(__file__).resolve().parents[2])
+    env["inductor_caches"] = "disabled" if os.environ.get("TORCHINDUCTOR_FORCE_DISABLE_CACHES") == "1" else "default"
     return env
 
 
