@@ -34,6 +34,7 @@ class GraphedDiT(torch.nn.Module):
         return static_out.clone()
 
     def _capture(self, x, t, context):
+        torch.cuda.empty_cache()  # the graph's pool needs a forward's activations on top of both experts
         static_in = tuple(a.clone() for a in (x, t, context))
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
