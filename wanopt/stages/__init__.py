@@ -59,6 +59,20 @@ T2V_STAGES: list[Stage] = [
 
 STAGES_BY_NAME = {s.name: s for s in T2V_STAGES}
 
+# The order per workload. Names keep their number from the default order (what a stage is does not change);
+# A14B applies batched CFG after dtype hygiene: with the reference numerics a batch-2 forward (per-token fp32
+# modulation tables, fp32 residual, fp64 RoPE copies) does not fit next to both 14B experts on an 80 GB H100.
+# The capture records that attempt (OOM) in the same run; notebook 03_batched_cfg shows it.
+DEFAULT_ORDER = [s.name for s in T2V_STAGES]
+A14B_ORDER = ["00_baseline", "01_no_offload", "03_tf32", "04_dtype_hygiene", "02_batched_cfg", "05_attention",
+              "06_fusion", "07_compile", "08_cuda_graphs"]
+WORKLOAD_ORDER = {"t2v-a14b-480p": A14B_ORDER, "t2v-a14b-720p": A14B_ORDER, "tiny-t2v": A14B_ORDER}
+
+
+def stage_order(workload: str | None = None) -> list[Stage]:
+    """The stages of a workload in the order they are applied."""
+    return [STAGES_BY_NAME[n] for n in WORKLOAD_ORDER.get(workload, DEFAULT_ORDER)]
+
 
 def get_stage(name: str) -> Stage:
     try:
@@ -67,23 +81,24 @@ def get_stage(name: str) -> Stage:
         raise KeyError(f"unknown stage {name!r}; stages in order: {', '.join(STAGES_BY_NAME)}") from None
 
 
-def stages_up_to(name: str) -> list[Stage]:
-    """The cumulative list baseline..name."""
-    idx = [s.name for s in T2V_STAGES].index(get_stage(name).name)
-    return T2V_STAGES[: idx + 1]
+def stages_up_to(name: str, workload: str | None = None) -> list[Stage]:
+    """The cumulative list baseline..name, in the workload's order."""
+    order = stage_order(workload)
+    idx = [s.name for s in order].index(get_stage(name).name)
+    return order[: idx + 1]
 
 
-def apply_stages(pipe, names, options: dict | None = None):
-    """Apply the named stages (each once, in the canonical order) to a pipeline; options[name] are kwargs."""
+def apply_stages(pipe, names, options: dict | None = None, workload: str | None = None):
+    """Apply the named stages (each once, in the workload's order) to a pipeline; options[name] are kwargs."""
     options = options or {}
     wanted = {get_stage(n).name for n in names}
-    for stage in T2V_STAGES:
+    for stage in stage_order(workload):
         if stage.name in wanted and stage.apply is not None:
             pipe = stage.apply(pipe, **options.get(stage.name, {}))
             pipe.applied_stages = [*getattr(pipe, "applied_stages", []), stage.name]
     return pipe
 
 
-__all__ = ["T2V_STAGES", "Stage", "get_stage", "stages_up_to", "apply_stages", "no_offload", "batch_cfg",
+__all__ = ["T2V_STAGES", "Stage", "stage_order", "WORKLOAD_ORDER", "get_stage", "stages_up_to", "apply_stages", "no_offload", "batch_cfg",
            "enable_tf32", "lean_numerics", "attention_kernel", "best_backend", "fuse_kernels", "compile_blocks",
            "compile_model", "uncompile", "cuda_graphs"]
