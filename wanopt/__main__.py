@@ -25,6 +25,9 @@ def main(argv=None) -> int:
     cap.add_argument("--peers", action="store_true", help="also time diffusers' WanTransformer3DModel (T2V)")
     cap.add_argument("--compare-whole-compile", action="store_true",
                      help="also time a whole-model torch.compile before the regional one (T2V)")
+    cap.add_argument("--errors-only", action="store_true",
+                     help="no timing: per stage, the error against the baseline; --workload may list several "
+                          "comma-separated workloads of one model (T2V)")
     sub.add_parser("stages", help="list the optimization stages")
     sub.add_parser("workloads", help="list the named workloads")
     args = parser.parse_args(argv)
@@ -42,9 +45,12 @@ def main(argv=None) -> int:
             print(f"{w.name:<16} {w.config:<18} {w.step}")
         return 0
 
-    from .profiling.capture import CaptureNeedsGPU, capture
+    from .profiling.capture import CaptureNeedsGPU, capture, capture_errors
 
     try:
+        if args.errors_only:
+            capture_errors(args.workload.split(","), args.stages, args.out, seed=args.seed)
+            return 0
         capture(args.workload, args.stages, args.out, checkpoint=args.checkpoint, seed=args.seed,
                 profile=not args.no_profile, peers=args.peers, compare_whole_compile=args.compare_whole_compile)
     except CaptureNeedsGPU as exc:

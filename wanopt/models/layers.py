@@ -242,7 +242,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_lens: 
         v = half(torch.cat([u[:n] for u, n in zip(v, k_lens.tolist())]))
     q, k = q.to(v.dtype), k.to(v.dtype)
     cu_q = torch.cat([q_lens.new_zeros([1]), q_lens]).cumsum(0, dtype=torch.int32).to(q.device, non_blocking=True)
-    cu_k = torch.cat([k_lens.new_zeros([1]), k_lens.to(q_lens)]).cumsum(0, dtype=torch.int32).to(q.device, non_blocking=True)
+    cu_k = torch.cat([k_lens.new_zeros([1]), k_lens]).cumsum(0, dtype=torch.int32).to(q.device, non_blocking=True)
     del cu_q, cu_k  # consumed by varlen flash-attn upstream; every sample here has the same length
     x = attention(q.unflatten(0, (b, lq)), k.unflatten(0, (b, -1)), v.unflatten(0, (b, -1)), backend)
     return x.type(out_dtype)

@@ -109,6 +109,7 @@ class DenoiseState:
     timesteps: torch.Tensor
     step_index: int = 0
     expert_log: list = field(default_factory=list)
+    velocity: torch.Tensor | None = None
 
 
 class WanT2V:
@@ -242,6 +243,7 @@ class WanT2V:
             with record_function("scheduler_step"):
                 v = v_u + g * (v_c - v_u)
                 state.latents = state.scheduler.step(v, t, state.latents, return_dict=False)[0]
+        state.velocity = v  # the guided velocity of this step (what the stages are compared on)
         state.expert_log.append(name)
         state.step_index += 1
         return state

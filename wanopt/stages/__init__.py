@@ -35,26 +35,30 @@ class Stage:
     options: dict = field(default_factory=dict)
 
 
-# Tolerances (relative L2 of the latents after one denoising step, against the baseline's):
-#   exact stages: 1e-3. They change launch order, GEMM shapes (batched CFG) or memory location, not math; what
-#     remains is the reference's own bf16 GEMM nondeterminism across shapes, far below 1e-3 on one step.
-#   numeric stages: 3e-2. bf16 carries 8 bits: one rounding is ~2e-3 relative, and the bf16 residual rounds
-#     once more in each of 80 gated adds per step; 3e-2 is "bf16 noise" for a 40-block stack, still an order of
-#     magnitude below what a wrong kernel or a lost term gives (O(1)).
+# Tolerances, on the relative L2 of one step's guided velocity v_u + g(v_c - v_u) against the baseline's on the
+# same inputs (the latents after a step move by only |Δσ|·v, so they would hide almost any error):
+#   no_offload 1e-6: the same kernels on the same data; anything above rounding-free zero is a bug.
+#   batched CFG and TF32 2e-2: exact math, but bf16 GEMMs of another shape (or TF32 inputs) round differently in
+#     every one of 2 × 40 × ~8 GEMMs, and the guidance g(v_c - v_u) with g = 4 amplifies per-eval differences
+#     several times.
+#   numeric stages 5e-2: bf16 residual and bf16 RoPE round once more per block; about 3× the reference's own
+#     difference from an fp32 run (measured on the tiny model in notebook 05), still far below the O(1) that a
+#     wrong kernel, a dropped term or a swapped pair gives.
+# A stage's tolerance is the largest of those applied so far: errors add up along the sequence.
 T2V_STAGES: list[Stage] = [
     Stage("00_baseline", None, "official single-GPU recipe: offload, bf16 weights, two sequential CFG forwards",
           True, 0.0, "01_baseline_t2v"),
-    Stage("01_no_offload", no_offload, "both experts resident, T5 released after encoding", True, 1e-3,
+    Stage("01_no_offload", no_offload, "both experts resident, T5 released after encoding", True, 1e-6,
           "02_no_offload"),
-    Stage("02_batched_cfg", batch_cfg, "cond + uncond in one forward of batch 2", True, 1e-3, "03_batched_cfg"),
-    Stage("03_tf32", enable_tf32, "TF32 for the fp32 islands", False, 3e-2, "04_tf32"),
+    Stage("02_batched_cfg", batch_cfg, "cond + uncond in one forward of batch 2", True, 2e-2, "03_batched_cfg"),
+    Stage("03_tf32", enable_tf32, "TF32 for the fp32 islands", False, 2e-2, "04_tf32"),
     Stage("04_dtype_hygiene", lean_numerics, "per-sample time, bf16 residual, real RoPE tables, fewer casts",
-          False, 3e-2, "05_dtype_hygiene"),
-    Stage("05_attention", attention_kernel, "fastest attention kernel at the workload's shape", False, 3e-2,
+          False, 5e-2, "05_dtype_hygiene"),
+    Stage("05_attention", attention_kernel, "fastest attention kernel at the workload's shape", False, 5e-2,
           "06_attention"),
-    Stage("06_fusion", fuse_kernels, "fused QKV; Triton norm+modulate and RMSNorm+RoPE", False, 3e-2, "07_fusion"),
-    Stage("07_compile", compile_blocks, "torch.compile, regional (per block)", False, 3e-2, "08_compile"),
-    Stage("08_cuda_graphs", cuda_graphs, "CUDA graph of each expert's forward", False, 3e-2, "09_cuda_graphs"),
+    Stage("06_fusion", fuse_kernels, "fused QKV; Triton norm+modulate and RMSNorm+RoPE", False, 5e-2, "07_fusion"),
+    Stage("07_compile", compile_blocks, "torch.compile, regional (per block)", False, 5e-2, "08_compile"),
+    Stage("08_cuda_graphs", cuda_graphs, "CUDA graph of each expert's forward", False, 5e-2, "09_cuda_graphs"),
 ]
 
 STAGES_BY_NAME = {s.name: s for s in T2V_STAGES}

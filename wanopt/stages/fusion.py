@@ -42,7 +42,7 @@ if triton is not None:
     @triton.jit
     def _norm_modulate_kernel(x_ptr, mul_ptr, add_ptr, out_ptr, x_row_stride, rows_per_batch, mul_bstride,
                               add_bstride, D, eps, BLOCK: tl.constexpr):
-        row = tl.program_id(0)
+        row = tl.program_id(0).to(tl.int64)  # row · stride passes 2^31 at 720p with batched CFG
         b = row // rows_per_batch
         cols = tl.arange(0, BLOCK)
         m = cols < D
@@ -58,7 +58,7 @@ if triton is not None:
     @triton.jit
     def _rmsnorm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, x_row_stride, tokens, D, HALF_HD, eps,
                              HAS_ROPE: tl.constexpr, BLOCK_HALF: tl.constexpr):
-        row = tl.program_id(0)
+        row = tl.program_id(0).to(tl.int64)  # row · stride passes 2^31 at 720p with batched CFG
         i = tl.arange(0, BLOCK_HALF)  # pair index over the whole row (all heads)
         m = i < D // 2
         base = x_ptr + row * x_row_stride

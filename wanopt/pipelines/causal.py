@@ -1,0 +1,195 @@
+"""Matrix-Game-2 block-autoregressive inference, DiT only (`pipeline/causal_inference.py::CausalInferencePipeline`).
+
+The video is made block by block (3 latent frames each). For each block, upstream and this pipeline:
+  - run the few-step sampler: one DiT eval per timestep of the warped schedule (3 for universal/gta, 4 for
+    templerun), every eval writing this block's K/V over the same cache slots; between evals the predicted x0 is
+    re-noised with fresh noise to the next timestep;
+  - keep the last eval's x0 as the block's latents;
+  - run one more eval at t = context_noise (0) on that x0: its output is thrown away, its cache writes (clean K/V
+    of the block) are what the next blocks attend to.
+The VAE decode that upstream runs after each block is out of scope: this is the DiT-only workload (`mg2-universal`).
+Conditioning (image latent, CLIP tokens, actions) is passed in as tensors; without encoders it is random and seeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.profiler import record_function
+
+from ..configs import CausalWanConfig, get_mg2_config
+from ..models.causal import KVCache, build_causal
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def flow_match_schedule(shift: float, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS):
+    """Upstream `FlowMatchScheduler(shift, sigma_min=0, extra_one_step=True).set_timesteps(1000, training=True)`:
+    sigmas = shift·σ / (1 + (shift − 1)·σ) over σ = linspace(1, 0, 1001)[:-1], timesteps = 1000·sigmas (float32)."""
+    sigmas = torch.linspace(1.0, 0.0, num_train_timesteps + 1)[:-1]
+    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    return sigmas, sigmas * num_train_timesteps
+
+
+def warped_timesteps(step_list, timesteps: torch.Tensor) -> torch.Tensor:
+    """`warp_denoising_step`: the yaml's list L picks cat(timesteps, [0])[1000 − L]; a CPU float32 tensor, as
+    upstream keeps it (its 0-dim entries multiply device tensors as scalars, no sync)."""
+    table = torch.cat([timesteps.cpu(), torch.zeros(1)])
+    return table[len(timesteps) - torch.tensor(step_list, dtype=torch.long)]
+
+
+@dataclass
+class CausalState:
+    """One video in progress: everything drawn up front, the latents made so far, the block to make next."""
+
+    noise: torch.Tensor  # [1, 16, N, H, W]
+    visual_context: torch.Tensor  # [1, clip_tokens, clip_dim]
+    cond_concat: torch.Tensor  # [1, 20, N, H, W]
+    mouse: torch.Tensor | None  # [1, 1 + 4(N − 1), mouse_dim_in]
+    keyboard: torch.Tensor  # [1, 1 + 4(N − 1), keyboard_dim_in]
+    output: torch.Tensor  # [1, 16, N, H, W], x0 of the blocks made so far
+    generator: torch.Generator  # fresh noise between denoising steps
+    num_blocks: int
+    block: int = 0
+
+
+class CausalPipeline:
+    """`CausalPipeline("mg2-universal", device="cuda")`: random weights at real size (or `checkpoint=` a released
+    safetensors file), one caller-owned KVCache sized once.
+
+    Drive it one block at a time (the profiling harness):
+        state = pipe.start(num_blocks, seed=0)   # noise, conditioning, actions drawn; caches reset
+        x0 = pipe.next_block(state)               # one block, see next_block
+    or as a stream: `for x0 in pipe.stream(num_blocks): ...`.
+    """
+
+    def __init__(self, config: CausalWanConfig | str, *, device=None, dtype=torch.bfloat16, seed: int = 0,
+                 checkpoint=None):
+        self.config = get_mg2_config(config) if isinstance(config, str) else config
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = dtype
+        self.model = build_causal(self.config, device=self.device, dtype=dtype, seed=seed, checkpoint=checkpoint)
+        self.cache = KVCache(self.config, device=self.device, dtype=dtype)
+        sigmas, timesteps = flow_match_schedule(self.config.timestep_shift)
+        self.timesteps = warped_timesteps(self.config.denoising_step_list, timesteps)
+        self.sigmas, self.train_timesteps = sigmas.to(self.device), timesteps.to(self.device)
+        self.dit_contexts: list = []  # context-manager factories entered around every DiT eval (stages add)
+
+    # -- conditioning --------------------------------------------------------------------------------------------
+
+    def start(self, num_blocks: int, *, seed: int = 0, visual_context=None, cond_concat=None, mouse=None,
+              keyboard=None) -> CausalState:
+        """Draw the noise of the whole video (N = num_blocks·3 latent frames), random conditioning and actions where
+        none are given (seeded), and reset the caches. Given tensors must cover the whole video."""
+        c, a = self.config, self.config.action
+        n, (h, w), dev = num_blocks * c.num_frame_per_block, c.latent_hw, self.device
+        num_actions = 1 + a.vae_time_compression_ratio * (n - 1)
+        gen = torch.Generator(device=dev).manual_seed(seed)
+
+        def randn(*shape):
+            return torch.randn(shape, generator=gen, device=dev, dtype=self.dtype)
+
+        noise = randn(1, c.out_dim, n, h, w)
+        if visual_context is None:
+            visual_context = randn(1, c.clip_tokens, c.clip_dim)
+        if cond_concat is None:  # mask (1 on frame 0, as upstream) ‖ a random stand-in for the image latent
+            mask = torch.zeros(1, 4, n, h, w, device=dev, dtype=self.dtype)
+            mask[:, :, 0] = 1
+            cond_concat = torch.cat([mask, randn(1, c.in_dim - c.out_dim - 4, n, h, w)], dim=1)
+        if mouse is None and a.enable_mouse:  # camera deltas of 0 or ±0.1 per video frame
+            mouse = 0.1 * torch.randint(-1, 2, (1, num_actions, a.mouse_dim_in), generator=gen, device=dev)
+        if keyboard is None:  # multi-hot keys
+            keyboard = torch.randint(0, 2, (1, num_actions, a.keyboard_dim_in), generator=gen, device=dev)
+        for name, t, frames in (("cond_concat", cond_concat, cond_concat.size(2)),
+                                ("mouse", mouse, None if mouse is None else mouse.size(1)),
+                                ("keyboard", keyboard, keyboard.size(1))):
+            want = n if name == "cond_concat" else num_actions
+            if frames is not None and frames < want:
+                raise ValueError(f"{name} covers {frames} {'latent' if name == 'cond_concat' else 'video'} frames; "
+                                 f"{num_blocks} blocks need {want}")
+        self.cache.reset()
+        return CausalState(noise, visual_context.to(dev, self.dtype), cond_concat.to(dev, self.dtype),
+                           None if mouse is None else mouse.to(dev, self.dtype), keyboard.to(dev, self.dtype),
+                           torch.zeros_like(noise), gen, num_blocks)
+
+    def block_conditions(self, state: CausalState, s: int) -> dict:
+        """Upstream `cond_current`: this block's cond_concat frames, the CLIP tokens, and the actions of every video
+        frame up to the end of the block (1 + 4·(s + F − 1))."""
+        f = self.config.num_frame_per_block
+        last = 1 + self.config.action.vae_time_compression_ratio * (s + f - 1)
+        return dict(visual_context=state.visual_context, cond_concat=state.cond_concat[:, :, s:s + f],
+                    mouse_cond=None if state.mouse is None else state.mouse[:, :last],
+                    keyboard_cond=state.keyboard[:, :last])
+
+    # -- sampler -------------------------------------------------------------------------------------------------
+
+    def sigma_at(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """σ of the training timestep nearest to each entry of t (upstream's argmin lookup, on the device)."""
+        timesteps, sigmas = self.train_timesteps.to(dtype), self.sigmas.to(dtype)
+        return sigmas[torch.argmin((timesteps[None] - t.flatten()[:, None]).abs(), dim=1)]
+
+    def flow_to_x0(self, v: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Upstream `_convert_flow_pred_to_x0`: x0 = x_t − σ_t·v in float64, σ per frame; returned in v's dtype."""
+        sigma = self.sigma_at(t, torch.float64).view(1, 1, -1, 1, 1)
+        return (xt.double() - sigma * v.double()).to(v.dtype)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Upstream `FlowMatchScheduler.add_noise`: (1 − σ)·x0 + σ·ε in float32, returned in the noise's dtype."""
+        sigma = self.sigma_at(t, torch.float32).view(1, 1, -1, 1, 1)
+        return ((1 - sigma) * x0 + sigma * noise).type_as(noise)
+
+    def dit(self, xt: torch.Tensor, t: torch.Tensor, cond: dict, start_frame: int) -> torch.Tensor:
+        """One DiT eval as upstream's WanDiffusionWrapper runs it: the velocity, then x0 (also for the cache refresh,
+        whose x0 nobody reads)."""
+        with contextlib.ExitStack() as stack:
+            for make_context in self.dit_contexts:
+                stack.enter_context(make_context())
+            v = self.model(xt.to(self.dtype), t, **cond, cache=self.cache,
+                           current_start=start_frame * self.config.frame_seq_length)
+        return self.flow_to_x0(v, xt, t)
+
+    @torch.no_grad()
+    def next_block(self, state: CausalState) -> torch.Tensor:
+        """Make the next block; returns its x0 latents [1, 16, 3, H, W] (also written into state.output).
+
+        Labels: `mg2_block` around it all; per timestep a `denoise_eval` (one DiT eval + the float64 x0), between
+        them an `add_noise` (fresh ε, re-noise x0 to the next timestep); then the `cache_refresh` eval at
+        t = context_noise that writes the block's clean K/V. Evals: len(timesteps) + 1 (4, templerun 5).
+        """
+        if state.block >= state.num_blocks:
+            raise ValueError(f"all {state.num_blocks} blocks are made; call start() for a new video")
+        f, dev = self.config.num_frame_per_block, self.device
+        s = state.block * f
+        cond = self.block_conditions(state, s)
+        with record_function("mg2_block"):
+            xt = state.noise[:, :, s:s + f]
+            for k, t in enumerate(self.timesteps):
+                timestep = torch.ones([1, f], device=dev, dtype=torch.int64) * t  # float32, as upstream
+                with record_function("denoise_eval"):
+                    x0 = self.dit(xt, timestep, cond, s)
+                if k + 1 < len(self.timesteps):
+                    with record_function("add_noise"):
+                        t_next = self.timesteps[k + 1] * torch.ones([f], device=dev, dtype=torch.long)
+                        xt = self.add_noise(x0, torch.randn(x0.shape, generator=state.generator, device=dev,
+                                                            dtype=x0.dtype), t_next)
+            state.output[:, :, s:s + f] = x0
+            with record_function("cache_refresh"):
+                self.dit(x0, torch.ones_like(timestep) * self.config.context_noise, cond, s)
+        state.block += 1
+        return x0
+
+    def stream(self, num_blocks: int, **start_kwargs) -> Iterator[torch.Tensor]:
+        """Yield each block's x0 latents as it is made (start() arguments pass through)."""
+        state = self.start(num_blocks, **start_kwargs)
+        for _ in range(num_blocks):
+            yield self.next_block(state)
+
+    def generate(self, num_blocks: int, **start_kwargs) -> torch.Tensor:
+        """The latents of a whole video [1, 16, num_blocks·3, H, W] (DiT only: no VAE decode)."""
+        return torch.cat(list(self.stream(num_blocks, **start_kwargs)), dim=2)
+
+
+__all__ = ["CausalPipeline", "CausalState", "flow_match_schedule", "warped_timesteps"]
