@@ -1,6 +1,7 @@
 """python -m wanopt capture | stages | workloads
 
   capture    run a workload's stages on a GPU: ceilings, timing, traces, manifests (see wanopt.profiling.capture)
+  render     execute every notebook on this machine and write its outputs (and build/html/)
   stages     list the optimization stages in their order
   workloads  list the named workloads
 """
@@ -28,10 +29,17 @@ def main(argv=None) -> int:
     cap.add_argument("--errors-only", action="store_true",
                      help="no timing: per stage, the error against the baseline; --workload may list several "
                           "comma-separated workloads of one model (T2V)")
+    ren = sub.add_parser("render", help="execute the notebooks in place and write build/html/")
+    ren.add_argument("notebooks", nargs="*", help="parts of notebook names (default: all)")
     sub.add_parser("stages", help="list the optimization stages")
     sub.add_parser("workloads", help="list the named workloads")
     args = parser.parse_args(argv)
 
+    if args.command == "render":
+        from .render import render
+
+        render(args.notebooks or None)
+        return 0
     if args.command == "stages":
         from .stages import T2V_STAGES
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from torch.profiler import record_function
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .. import weights
 from ..configs import T2VConfig, get_config, latent_shape

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..configs import get_config, get_workload, num_tokens
 from ..stages import best_backend, get_stage, stage_order, uncompile
