@@ -152,7 +152,7 @@ def kernels(analysis) -> pd.DataFrame:
     gpu["start_us"] = gpu["ts"] - t0
     gpu["end_us"] = gpu["start_us"] + gpu["dur"]
     cols = ["short_name", "category", "start_us", "dur", "end_us", "stream", "iteration", "ts", "launch_ts", "name",
-            "cat", "correlation"]
+            "cat", "correlation", "bytes"]
     return gpu[cols].sort_values("ts").reset_index(drop=True)
 
 
@@ -178,6 +178,31 @@ def temporal_breakdown(analysis) -> pd.DataFrame:
         "ms": [df[c].iloc[0] / 1e3 for c in ("idle_time(us)", "compute_time(us)", "non_compute_time(us)")],
         "percent": [df[c].iloc[0] for c in ("idle_time_pctg", "compute_time_pctg", "non_compute_time_pctg")],
     }, index=pd.Index(["idle", "compute", "non-compute"], name="GPU time"))
+    return out.round(2)
+
+
+def busy_breakdown(k: pd.DataFrame, window: tuple[float, float]) -> pd.DataFrame:
+    """HTA's temporal split restricted to one window (a step, a block): time the GPU ran compute kernels, time it
+    ran only memory copies/sets, and idle time, as ms and % of the window."""
+    start, end = window
+
+    def union_us(rows) -> float:
+        spans = sorted(zip(rows["start_us"].clip(lower=start), rows["end_us"].clip(upper=end)))
+        total, cur_s, cur_e = 0.0, None, None
+        for s_, e_ in spans:
+            if cur_e is None or s_ > cur_e:
+                total += 0 if cur_e is None else cur_e - cur_s
+                cur_s, cur_e = s_, e_
+            else:
+                cur_e = max(cur_e, e_)
+        return total + (0 if cur_e is None else cur_e - cur_s)
+
+    w = k[(k["end_us"] > start) & (k["start_us"] < end)]
+    busy = union_us(w)
+    compute = union_us(w[w["cat"] == "kernel"])
+    ms = {"compute": compute / 1e3, "non-compute": (busy - compute) / 1e3, "idle": (end - start - busy) / 1e3}
+    out = pd.DataFrame({"ms": ms, "percent": {n: 100 * v * 1e3 / (end - start) for n, v in ms.items()}})
+    out.index.name = "GPU time"
     return out.round(2)
 
 
@@ -241,14 +266,17 @@ def host_syncs(analysis) -> pd.DataFrame:
     return out.round(3)
 
 
-def gpu_time_by_label(analysis, pattern: str | None = None) -> pd.DataFrame:
+def gpu_time_by_label(analysis, pattern: str | None = None, iteration: int | None = None) -> pd.DataFrame:
     """GPU time per record_function label: for every label occurrence, the kernels launched while it was open
     on the host (nested labels count their children too). Columns: occurrences, GPU ms (sum of kernel time),
-    kernels, and share of the trace's kernel time."""
+    kernels, and share of the trace's kernel time. iteration picks one profiled step (ProfilerStep#n)."""
     k = kernels(analysis)
     ann = annotations(analysis)
     if pattern:
         ann = ann[ann["name"].str.fullmatch(pattern)]
+    if iteration is not None:
+        ann = ann[ann["iteration"] == iteration]
+        k = k[k["iteration"] == iteration]
     order = np.argsort(k["launch_ts"].to_numpy())
     lts = k["launch_ts"].to_numpy()[order]
     csum = np.concatenate([[0.0], np.cumsum(k["dur"].to_numpy()[order])])
@@ -260,6 +288,12 @@ def gpu_time_by_label(analysis, pattern: str | None = None) -> pd.DataFrame:
     g["share %"] = 100 * g["gpu_ms"] * 1e3 / k["dur"].sum()
     g.index.name = "label"
     return g.sort_values("gpu_ms", ascending=False).round(2)
+
+
+def in_window(k: pd.DataFrame, window: tuple[float, float]) -> pd.DataFrame:
+    """The GPU events of kernels() that lie inside a window() (e.g. one block, one step)."""
+    start, end = window
+    return k[(k["start_us"] >= start) & (k["end_us"] <= end)]
 
 
 def window(analysis, label: str, occurrence: int = 0) -> tuple[float, float]:
