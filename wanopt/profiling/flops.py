@@ -20,12 +20,15 @@ def wan_eval_flops(c: WanConfig, tokens: int, per_token_time: bool, text_tokens:
     return parts
 
 
-def causal_eval_flops(c: CausalWanConfig, query_frames: int, key_frames: int) -> dict[str, float]:
-    """One Matrix-Game-2 DiT eval: `query_frames` new latent frames attending to `key_frames` cached+new frames."""
+def causal_eval_flops(c: CausalWanConfig, query_frames: int, key_frames: int,
+                      cross_kv_cached: bool = True) -> dict[str, float]:
+    """One Matrix-Game-2 DiT eval: `query_frames` new latent frames attending to `key_frames` cached+new frames.
+    The cross-attention K/V over the CLIP tokens are computed on a video's first eval only (cached after)."""
     s = c.frame_seq_length
     L, Lk, d, f, n = query_frames * s, key_frames * s, c.dim, c.ffn_dim, c.clip_tokens
     a = c.action
-    linear = c.num_layers * (8 * L * d * d + 4 * L * d * d + 4 * n * d * d + 4 * L * d * f)
+    cross_kv = 0 if cross_kv_cached else 4 * n * d * d
+    linear = c.num_layers * (8 * L * d * d + 4 * L * d * d + cross_kv + 4 * L * d * f)
     attention = c.num_layers * (4 * L * Lk * d + 4 * L * n * d)
     # action module per action block: mouse MLP, t_qkv, proj_mouse; keyboard q, kv (tiny), proj_keyboard
     window = min(key_frames, c.local_attn_size)

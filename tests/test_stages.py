@@ -1,0 +1,204 @@
+"""The optimization stages on the tiny model: each against the baseline within its stated tolerance, the custom
+Triton kernels against their eager references (Triton's CPU interpreter), and the stage bookkeeping."""
+
+import copy
+
+import pytest
+import torch
+
+from conftest import rel_l2
+from wanopt.configs import get_config
+from wanopt.models.layers import rope_table
+from wanopt.pipelines.t2v import WanT2V
+from wanopt.stages import (T2V_STAGES, WORKLOAD_ORDER, apply_stages, get_stage, stage_order, stages_up_to)
+from wanopt.stages.dtype_hygiene import lean_model, norm_modulate, qk_norm_rope, rope_cos_sin
+from wanopt.weights import build_wan
+
+TINY = get_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    pipe = WanT2V("tiny", device="cpu", vae=False, seed=0)
+    return pipe.encode_prompt("a glass of water on a wooden table")
+
+
+def one_step_velocity(pipe, prompts, index=1):
+    state = pipe.prepare(*prompts, sampling_steps=40, seed=3)
+    state.step_index = index
+    pipe.denoise_step(state)
+    return state.velocity.clone(), state.latents.clone()
+
+
+def test_stage_order_is_a_permutation_per_workload():
+    default = [s.name for s in T2V_STAGES]
+    for order in WORKLOAD_ORDER.values():
+        assert sorted(order) == sorted(default) and order[0] == "00_baseline"
+    a14b = [s.name for s in stage_order("t2v-a14b-480p")]
+    assert a14b.index("02_batched_cfg") > a14b.index("04_dtype_hygiene")
+    assert [s.name for s in stages_up_to("02_batched_cfg", "t2v-a14b-480p")][-2] == "04_dtype_hygiene"
+    with pytest.raises(KeyError, match="stages in order"):
+        get_stage("09_magic")
+
+
+@pytest.mark.parametrize("workload", ["t2v-1.3b-480p", "t2v-a14b-480p"])
+def test_each_stage_stays_within_its_tolerance_of_the_baseline(prompts, workload):
+    """Cumulative, in the workload's order, up to fusion (compile and graphs have their own tests below)."""
+    pipe = WanT2V("tiny", device="cpu", vae=False, seed=0)
+    base_v, _ = one_step_velocity(pipe, prompts)
+    for stage in stages_up_to("06_fusion", workload)[1:]:
+        apply_stages(pipe, [stage.name], {"05_attention": {"backend": "flash"}}, workload=workload)
+        v, _ = one_step_velocity(pipe, prompts)
+        tol = max(s.tolerance for s in stages_up_to(stage.name, workload))
+        assert rel_l2(v, base_v) <= tol, stage.name
+        if stage.name in ("01_no_offload", "03_tf32"):  # same kernels on the CPU: bit for bit
+            assert torch.equal(v, base_v)
+
+
+def test_batched_cfg_matches_two_sequential_forwards(prompts):
+    """Exact math: only the GEMM shapes change (fp32 model, where tiling cannot change the result beyond 1e-6)."""
+    pipe = WanT2V("tiny", device="cpu", vae=False, seed=0, dtype=torch.float32)
+    from wanopt.models.layers import set_compute_dtype
+
+    for m in pipe.experts.values():
+        set_compute_dtype(m, None, fp32_islands=True)
+    prompts = tuple(p.float() for p in prompts)
+    sequential, _ = one_step_velocity(pipe, prompts)
+    pipe.batch_cfg = True
+    batched, _ = one_step_velocity(pipe, prompts)
+    assert rel_l2(batched, sequential) < 1e-6
+
+
+def test_per_sample_time_in_the_lean_model_is_the_reference_in_fp32():
+    """In float32 the lean forward differs from the reference only by rounding order: 1e-5 (observed ~1e-7)."""
+    model = build_wan(TINY.dit, dtype=torch.float32, seed=2)
+    from wanopt.models.layers import set_compute_dtype
+
+    set_compute_dtype(model, None, fp32_islands=True)
+    lean = lean_model(copy.deepcopy(model))
+    x, t, ctx = torch.randn(2, 16, 3, 8, 12), torch.tensor([999, 500]), torch.randn(2, 30, TINY.dit.text_dim)
+    assert rel_l2(lean(x, t, ctx), model(x, t, ctx)) < 1e-5
+
+
+def test_lean_rope_tables_equal_the_complex_reference():
+    from wanopt.models.layers import rope_apply
+
+    grid, heads = (3, 4, 5), 2
+    x = torch.randn(1, 60, heads * 128)
+    cos, sin = rope_cos_sin(rope_table(128), grid, torch.float32, "cpu")
+    ours = qk_norm_rope(x, torch.ones(heads * 128), 1e-6, (cos, sin), heads)
+    normed = torch.nn.functional.rms_norm(x, (heads * 128,), eps=1e-6).unflatten(-1, (heads, 128))
+    ref = rope_apply(normed, [grid], rope_table(128))
+    assert rel_l2(ours, ref) < 1e-6
+
+
+# -- stage 6: the Triton kernels against their eager references (CPU interpreter) ------------------------------
+# Tolerance 1e-2 relative L2: outputs are bf16 (one ulp = 2^-8 relative) and the interpreter's float->bf16 casts
+# truncate instead of rounding; a wrong pair, head, row or batch index gives O(1).
+
+
+def _bf16(*shape, scale=1.0, offset=0.0):
+    return (offset + scale * torch.randn(*shape)).to(torch.bfloat16)
+
+
+def test_triton_norm_modulate_matches_eager():
+    from wanopt.stages.fusion import INTERPRETER, triton_norm_modulate
+
+    assert INTERPRETER, "no CUDA here: Triton must run in its interpreter (wanopt sets TRITON_INTERPRET=1)"
+    x = _bf16(2, 20, 96)
+    mul, add = _bf16(2, 1, 96, scale=0.1, offset=1.0), _bf16(2, 1, 96, scale=0.1)
+    ref = norm_modulate(x.float(), mul.float(), add.float(), 1e-6)
+    assert rel_l2(triton_norm_modulate(x, mul, add, 1e-6).float(), ref) < 1e-2
+    w, b = _bf16(96, scale=0.1, offset=1.0), _bf16(96, scale=0.1)  # the cross-attention LN's affine form
+    assert rel_l2(triton_norm_modulate(x, w, b, 1e-6).float(), norm_modulate(x.float(), w.float(), b.float(), 1e-6)) < 1e-2
+    swapped = triton_norm_modulate(x, mul.flip(0), add.flip(0), 1e-6).float()  # must see per-sample modulation
+    assert rel_l2(swapped, ref) > 0.05
+
+
+def test_triton_rmsnorm_rope_matches_eager_on_a_fused_qkv_view():
+    from wanopt.stages.fusion import triton_qk_norm_rope
+
+    heads, hd, grid = 2, 128, (2, 3, 4)
+    qkv = _bf16(2, 24, 3 * heads * hd)
+    k = qkv.chunk(3, dim=-1)[1]  # strided rows, as the fused projection hands them over
+    assert not k.is_contiguous()
+    w = _bf16(heads * hd, scale=0.1, offset=1.0)
+    rope = rope_cos_sin(rope_table(hd), grid, torch.bfloat16, "cpu")
+    ref = qk_norm_rope(k.float(), w.float(), 1e-6, tuple(r.float() for r in rope), heads)
+    out = triton_qk_norm_rope(k, w, 1e-6, rope, heads)
+    assert out.shape == (2, 24, heads, hd)
+    assert rel_l2(out.float(), ref) < 1e-2
+    plain = triton_qk_norm_rope(k, w, 1e-6, None, heads)
+    assert rel_l2(plain.float(), qk_norm_rope(k.float(), w.float(), 1e-6, None, heads)) < 1e-2
+    assert rel_l2(plain.float(), ref) > 0.1  # the rotation really happened in the first call
+
+
+def test_fusion_frees_the_separate_projections_and_keeps_the_math(prompts):
+    from wanopt.stages.fusion import fuse_model
+
+    model = lean_model(build_wan(TINY.dit, dtype=torch.bfloat16, seed=4))
+    x, t, ctx = torch.randn(1, 16, 3, 8, 12), torch.tensor([999]), torch.randn(1, 30, TINY.dit.text_dim)
+    before = model(x, t, ctx)
+    n_params = sum(p.numel() for p in model.parameters())
+    fuse_model(model)
+    assert sum(p.numel() for p in model.parameters()) == n_params  # q,k,v gone, qkv in their place
+    assert not hasattr(model.blocks[0].self_attn, "q") and hasattr(model.blocks[0].self_attn, "qkv")
+    assert rel_l2(model(x, t, ctx), before) < 1e-2  # bf16 kernels round once where eager rounds per op
+
+
+def test_regional_compile_on_cpu_matches_eager(prompts):
+    """torch.compile (Inductor's CPU backend here) of the lean blocks: fp32 model, 1e-5 (reordered fp32 math)."""
+    from wanopt.models.layers import set_compute_dtype
+    from wanopt.stages import compile_blocks, uncompile
+
+    pipe = WanT2V("tiny", device="cpu", vae=False, seed=0, dtype=torch.float32)
+    for m in pipe.experts.values():
+        set_compute_dtype(m, None, fp32_islands=True)
+        lean_model(m)
+    prompts = tuple(p.float() for p in prompts)  # T5 runs in bf16; this test is all float32
+    eager, _ = one_step_velocity(pipe, prompts)
+    compile_blocks(pipe)
+    compiled, _ = one_step_velocity(pipe, prompts)
+    uncompile(pipe)
+    assert rel_l2(compiled, eager) < 1e-5
+
+
+def test_cuda_graph_wrapper_is_transparent_without_cuda(prompts):
+    from wanopt.stages import cuda_graphs
+
+    pipe = WanT2V("tiny", device="cpu", vae=False, seed=0)
+    before, _ = one_step_velocity(pipe, prompts)
+    cuda_graphs(pipe)
+    after, _ = one_step_velocity(pipe, prompts)
+    assert torch.equal(before, after)
+    assert pipe.experts["high_noise"].per_token_time  # attributes reach through to the wrapped model
+
+
+def test_tf32_switch_is_scoped():
+    from wanopt.stages.tf32 import tf32_matmuls
+
+    before = torch.backends.cuda.matmul.fp32_precision
+    with tf32_matmuls():
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    assert torch.backends.cuda.matmul.fp32_precision == before
+    with pytest.raises(RuntimeError), tf32_matmuls():
+        raise RuntimeError("restored even on errors")
+    assert torch.backends.cuda.matmul.fp32_precision == before
+
+
+def test_no_offload_releases_t5_after_encoding():
+    from wanopt.stages import no_offload
+
+    pipe = no_offload(WanT2V("tiny", device="cpu", vae=False))
+    pipe.encode_prompt("a kite")
+    assert pipe.text_encoder is None and not pipe.offload
+    with pytest.raises(RuntimeError, match="text_encoder=False"):
+        pipe.encode_prompt("again")
+
+
+def test_best_attention_backend_is_the_fastest_measured():
+    from wanopt.stages import best_backend
+
+    assert best_backend({"flash": 350.0, "cudnn": 590.0, "flex": None, "flex_error": "x"}) == "cudnn"
+    with pytest.raises(ValueError, match="no attention kernel"):
+        best_backend({"flash": None})
