@@ -2,6 +2,7 @@
 
   capture    run a workload's stages on a GPU: ceilings, timing, traces, manifests (see wanopt.profiling.capture)
   render     execute every notebook on this machine and write its outputs (and build/html/)
+  table      print the README's results table from the committed manifests
   stages     list the optimization stages in their order
   workloads  list the named workloads
 """
@@ -31,6 +32,7 @@ def main(argv=None) -> int:
                           "comma-separated workloads of one model (T2V)")
     ren = sub.add_parser("render", help="execute the notebooks in place and write build/html/")
     ren.add_argument("notebooks", nargs="*", help="parts of notebook names (default: all)")
+    sub.add_parser("table", help="print the README results table from traces/")
     sub.add_parser("stages", help="list the optimization stages")
     sub.add_parser("workloads", help="list the named workloads")
     args = parser.parse_args(argv)
@@ -39,6 +41,11 @@ def main(argv=None) -> int:
         from .render import render
 
         render(args.notebooks or None)
+        return 0
+    if args.command == "table":
+        from .profiling.report import readme_table
+
+        print(readme_table())
         return 0
     if args.command == "stages":
         from .stages import T2V_STAGES

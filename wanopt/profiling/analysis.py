@@ -359,10 +359,13 @@ def stage_table(workload: str, stages=None, root=None) -> pd.DataFrame:
     folder = _folder(workload, None, root)
     if not folder.exists():
         raise _missing(folder, workload, None)
-    names = stages or sorted(p.name for p in folder.iterdir() if (p / "manifest.json").exists())
+    names = stages or [p.name for p in folder.iterdir() if (p / "manifest.json").exists()]
+    manifests = {name: load_manifest(workload, name, root) for name in names}
+    if not stages:  # in the order the run applied them (it differs per workload)
+        names = sorted(names, key=lambda n: len(manifests[n]["stages_applied"]))
     rows = []
     for name in names:
-        m = load_manifest(workload, name, root)
+        m = manifests[name]
         rows.append({"stage": name, "step ms": m["timing"]["median"], "n": m["timing"]["n"],
                      "vs baseline ×": m["speedup_vs_baseline"] or 1.0, "vs previous ×": m["speedup_vs_previous"],
                      "MFU": m["mfu"], "floor ×": m["kernel_floor_ratio"], "peak GiB": m["peak_memory_gib"],

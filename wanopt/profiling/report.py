@@ -112,3 +112,30 @@ def step_timelines(workload: str, before: str, after: str, root=None, occurrence
         a = analysis.load_trace(workload, stage, root)
         panels.append((analysis.kernels(a), analysis.window(a, "denoise_step", occurrence), f"{workload} {stage}"))
     return plots.timelines(panels)
+
+
+def readme_table(root=None) -> str:
+    """The README's results table, generated from the committed manifests (a test keeps the README in sync)."""
+    lines = ["| workload | what | step | vs baseline | MFU | × kernel floor | peak GiB | projected video |",
+             "|---|---|---|---|---|---|---|---|"]
+    for w in T2V_WORKLOADS:
+        table = analysis.stage_table(w, root=root)
+        run = analysis.load_run(w, root)
+        fastest = table["step ms"].idxmin()
+        for stage in dict.fromkeys(["00_baseline", fastest]):
+            m = analysis.load_manifest(w, stage, root)
+            lines.append(f"| {w} | {stage} | {m['timing']['median'] / 1e3:.2f} s | "
+                         f"{(m['speedup_vs_baseline'] or 1.0):.2f}× | {m['mfu']:.2f} | "
+                         f"{m['kernel_floor_ratio']:.2f} | {m['peak_memory_gib']:.1f} | "
+                         f"{m['projection']['total_s']:.0f} s ({m['projection']['steps']} steps) |")
+        peers = {k: v for k, v in run.get("peers", {}).items() if isinstance(v, dict)}
+        if peers:
+            name = min(peers, key=lambda k: peers[k]["timing"]["median"])
+            base = analysis.load_manifest(w, "00_baseline", root)["timing"]["median"]
+            p = peers[name]["timing"]["median"]
+            lines.append(f"| {w} | {name.replace('_', ' ')} (peer) | {p / 1e3:.2f} s | {base / p:.2f}× | | | | |")
+    m = analysis.load_manifest("mg2-universal", "00_baseline", root)
+    lines.append(f"| mg2-universal | 00_baseline, steady block | {m['timing']['median']:.0f} ms | 1.00× | "
+                 f"{m['mfu']:.2f} | {m['kernel_floor_ratio']:.2f} | {m['peak_memory_gib']:.1f} | "
+                 f"{m['dit_fps']:.1f} frames/s DiT-only |")
+    return "\n".join(lines)
