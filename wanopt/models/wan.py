@@ -129,7 +129,6 @@ class WanModel(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         self.check_inputs(x, t, context)
-        c = self.config
         if self.freqs.device != x.device:
             self.freqs = self.freqs.to(x.device)
 
@@ -143,14 +142,10 @@ class WanModel(nn.Module):
         with record_function("time_embed"):  # float32 island
             if t.dim() == 1 and self.per_token_time:
                 t = t.unsqueeze(1).expand(b, seq_len)  # Wan 2.2: one embedding per token
-            t = t.reshape(b, -1)
-            e = self.time_embedding(sinusoidal_embedding_1d(c.freq_dim, t.flatten()).unflatten(0, t.shape).float())
-            e0 = self.time_projection(e).unflatten(2, (6, c.dim))
+            e, e0 = self.embed_time(t.reshape(b, -1))
 
         with record_function("text_embed"):
-            if context.size(1) < c.text_len:
-                context = torch.cat([context, context.new_zeros(b, c.text_len - context.size(1), context.size(2))], 1)
-            context = self.text_embedding(context)
+            context = self.embed_text(context)
 
         for i, block in enumerate(self.blocks):
             with record_function(f"block{i:02d}"):
@@ -159,6 +154,19 @@ class WanModel(nn.Module):
         with record_function("head"):
             x = self.head(x, e)
             return torch.stack([u.float() for u in self.unpatchify(x, grid_sizes)])
+
+    def embed_time(self, t: torch.Tensor):
+        """t [B, Lt] -> e [B, Lt, dim] and the 6-way modulation e0 [B, Lt, 6, dim], in float32."""
+        c = self.config
+        e = self.time_embedding(sinusoidal_embedding_1d(c.freq_dim, t.flatten()).unflatten(0, t.shape).float())
+        return e, self.time_projection(e).unflatten(2, (6, c.dim))
+
+    def embed_text(self, context: torch.Tensor) -> torch.Tensor:
+        """Zero-pad the text embeddings to text_len (upstream pads each prompt), then the text MLP."""
+        b, n, d = context.shape
+        if n < self.config.text_len:
+            context = torch.cat([context, context.new_zeros(b, self.config.text_len - n, d)], 1)
+        return self.text_embedding(context)
 
     def unpatchify(self, x, grid_sizes):
         c, (pt, ph, pw) = self.config.out_dim, self.config.patch_size

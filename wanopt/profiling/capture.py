@@ -73,6 +73,19 @@ def profile_steps(run_step, n_steps: int, trace_path: Path, stage: str, warmup: 
 # -- T2V --------------------------------------------------------------------------------------------------------
 
 
+def measure_ceilings(label: str, heads: int, q_len: int, k_len: int, head_dim: int) -> dict:
+    """bf16 GEMM ceiling and every attention kernel at the workload's shape, on this GPU, now. Without CUDA
+    (bookkeeping tests only) unit placeholders stand in."""
+    if not torch.cuda.is_available():
+        return {"gemm_tflops": 1.0, "attention": {"flash": 1.0}, "attention_backend": "flash"}
+    attn = attention_ceilings_tflops(heads, q_len, k_len, head_dim)
+    ceil = {"gemm_tflops": gemm_ceiling_tflops(), "attention": attn, "attention_backend": best_backend(attn),
+            "attention_shape": [1, heads, q_len, k_len, head_dim]}
+    print(f"[{label}] ceilings: GEMM {ceil['gemm_tflops']:.0f} TFLOP/s, attention "
+          f"{ {k: round(v) for k, v in attn.items() if isinstance(v, float)} } TFLOP/s", flush=True)
+    return ceil
+
+
 class T2VRun:
     """State of one T2V capture run: the pipeline, the prompts, fresh-state factories and step runners."""
 
@@ -156,15 +169,7 @@ def capture_t2v(wl, stages, out: Path, checkpoint, seed, profile, peers, compare
                "stages_captured": wanted, "stages": {}, "peers": {}}
 
     # 1. Ceilings, on this GPU, in this run
-    if device == "cuda":
-        attn = attention_ceilings_tflops(config.dit.num_heads, tokens, tokens, config.dit.head_dim)
-        summary["ceilings"] = {"gemm_tflops": gemm_ceiling_tflops(), "attention": attn,
-                               "attention_backend": best_backend(attn)}
-    else:
-        summary["ceilings"] = {"gemm_tflops": 1.0, "attention": {"flash": 1.0}, "attention_backend": "flash"}
-    ceil = summary["ceilings"]
-    print(f"[{wl.name}] ceilings: GEMM {ceil['gemm_tflops']:.0f} TFLOP/s, attention "
-          f"{ {k: round(v) for k, v in ceil['attention'].items() if isinstance(v, float)} } TFLOP/s", flush=True)
+    summary["ceilings"] = ceil = measure_ceilings(wl.name, config.dit.num_heads, tokens, tokens, config.dit.head_dim)
 
     # 2. The official pipeline, random weights at real size (or the checkpoint), offload on
     t0 = time.perf_counter()
@@ -530,7 +535,7 @@ def capture_peers(run: T2VRun, diffusers_version: str, compare_cudnn: bool = Fal
     results["note"] = (f"diffusers {diffusers_version}, default attention backend "
                        "(native SDPA dispatch) unless the label says cudnn; the twin shares the expert's bf16 "
                        "weights and keeps diffusers' fp32 modules in fp32")
-    del twin
+    twin = None  # noqa: F841 - drop the twin's reference before freeing memory
     gc.collect()
     torch.cuda.empty_cache()
     return results

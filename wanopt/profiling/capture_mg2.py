@@ -19,10 +19,9 @@ from pathlib import Path
 import torch
 
 from ..configs import get_mg2_config
-from .capture import TRACE_NAME, _write_manifest, _write_summary, profile_steps
+from .capture import TRACE_NAME, _write_manifest, _write_summary, measure_ceilings, profile_steps
 from .flops import causal_eval_flops, kernel_floor_s
-from .timing import (attention_ceilings_tflops, cuda_time_ms, environment, gemm_ceiling_tflops, gib, sha256,
-                     summarize)
+from .timing import cuda_time_ms, environment, gib, sha256, summarize
 
 
 def capture_mg2(wl, stages, out, checkpoint, seed, profile, allow_cpu, progress) -> dict:
@@ -40,18 +39,7 @@ def capture_mg2(wl, stages, out, checkpoint, seed, profile, allow_cpu, progress)
     steady_key_frames = window_frames if window_frames > 0 else 3 * f
     summary = {"workload": wl.name, "run_id": run_id, "config": c.name, "env": env, "stages": {}}
 
-    if device == "cuda":
-        attn = attention_ceilings_tflops(c.num_heads, f * s, steady_key_frames * s, c.head_dim)
-        from ..stages import best_backend
-
-        summary["ceilings"] = {"gemm_tflops": gemm_ceiling_tflops(), "attention": attn,
-                               "attention_backend": best_backend(attn),
-                               "attention_shape": [1, c.num_heads, f * s, steady_key_frames * s, c.head_dim]}
-    else:
-        summary["ceilings"] = {"gemm_tflops": 1.0, "attention": {"flash": 1.0}, "attention_backend": "flash"}
-    ceil = summary["ceilings"]
-    print(f"[{wl.name}] ceilings: GEMM {ceil['gemm_tflops']:.0f} TFLOP/s, attention "
-          f"{ {k: round(v) for k, v in ceil['attention'].items() if isinstance(v, float)} } TFLOP/s", flush=True)
+    summary["ceilings"] = ceil = measure_ceilings(wl.name, c.num_heads, f * s, steady_key_frames * s, c.head_dim)
 
     t0 = time.perf_counter()
     pipe = CausalPipeline(c, device=device, seed=seed, checkpoint=checkpoint)

@@ -77,8 +77,6 @@ def attention_ceilings_tflops(heads: int, q_len: int, k_len: int, head_dim: int 
         except Exception as exc:  # a kernel that does not support this shape or GPU: record why
             out[backend] = None
             out[f"{backend}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    del q, k, v
-    torch.cuda.empty_cache()
     return out
 
 

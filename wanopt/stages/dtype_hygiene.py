@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from ..models.layers import attention, sinusoidal_embedding_1d
+from ..models.layers import attention
 from ..models.wan import WanAttentionBlock, WanCrossAttention, WanModel, WanSelfAttention
 
 # -- the elementwise kernels of a block, eager PyTorch (stage 6 swaps in Triton versions) -----------------------
@@ -116,13 +116,9 @@ class LeanWanModel(WanModel):
             x = x.flatten(2).transpose(1, 2).contiguous()  # one copy here instead of strided rows everywhere
             rope = self.rope_tables(grid, x.dtype, x.device)
         with record_function("time_embed"):  # float32 island, one row per sample (or per token if given so)
-            t = t.reshape(b, -1)
-            e = self.time_embedding(sinusoidal_embedding_1d(c.freq_dim, t.flatten()).unflatten(0, t.shape).float())
-            e0 = self.time_projection(e).unflatten(2, (6, c.dim))
+            e, e0 = self.embed_time(t.reshape(b, -1))
         with record_function("text_embed"):
-            if context.size(1) < c.text_len:
-                context = torch.cat([context, context.new_zeros(b, c.text_len - context.size(1), context.size(2))], 1)
-            context = self.text_embedding(context)
+            context = self.embed_text(context)
         for i, block in enumerate(self.blocks):
             with record_function(f"block{i:02d}"):
                 x = block(x, e0, rope, context)
