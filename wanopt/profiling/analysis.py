@@ -134,6 +134,19 @@ def short_kernel_name(name: str, limit: int = 60) -> str:
     return name.replace("void ", "")[:limit]
 
 
+def _cached(fn):
+    """Build a table once per loaded trace (the trace objects are cached by load_trace)."""
+    @functools.wraps(fn)
+    def wrapper(analysis, *args):
+        store = analysis.__dict__.setdefault("_wanopt_tables", {})
+        key = (fn.__name__, *args)
+        if key not in store:
+            store[key] = fn(analysis, *args)
+        return store[key].copy()
+    return wrapper
+
+
+@_cached
 def kernels(analysis) -> pd.DataFrame:
     """One row per GPU event (kernel, memcpy, memset) of the trace: name, short name, category, times in µs
     relative to the trace's first GPU event, stream, iteration, and the host time of its launch."""
@@ -156,6 +169,7 @@ def kernels(analysis) -> pd.DataFrame:
     return gpu[cols].sort_values("ts").reset_index(drop=True)
 
 
+@_cached
 def annotations(analysis, cpu: bool = True) -> pd.DataFrame:
     """record_function labels of the trace (CPU side by default): name, ts, end, dur, tid, iteration."""
     t = analysis.t.get_trace(0)
@@ -253,16 +267,17 @@ def launch_stats(analysis, short_kernel_us: float = 50.0, long_delay_us: float =
 
 
 def host_syncs(analysis) -> pd.DataFrame:
-    """Host-device synchronisations seen by the profiler (cudaStreamSynchronize, cudaDeviceSynchronize, blocking
-    cudaMemcpy) per profiled step."""
+    """Host-side synchronising CUDA runtime calls (cudaStreamSynchronize, cudaDeviceSynchronize, blocking
+    cudaMemcpy) per profiled step (iteration): count and total host time blocked. (The profiler also records
+    each one as a "Stream Sync" marker; those are not counted twice.)"""
     t = analysis.t.get_trace(0)
     sym = analysis.t.symbol_table.get_sym_table()
     names = t["name"].map(lambda i: sym[i])
     cats = t["cat"].map(lambda i: sym[i])
-    sync = t[(cats == "cuda_sync") | names.str.contains(r"Synchronize|cudaMemcpy(?!Async)", regex=True)]
+    sync = t[(cats == "cuda_runtime") & names.str.contains(r"Synchronize|^cudaMemcpy$", regex=True)]
     sync = sync.assign(name=names[sync.index])
-    out = sync.groupby("name").agg(count=("dur", "size"), total_ms=("dur", lambda d: d.sum() / 1e3))
-    out.index.name = "sync"
+    out = sync.groupby(["iteration", "name"]).agg(count=("dur", "size"), total_ms=("dur", lambda d: d.sum() / 1e3))
+    out.index.names = ["step", "sync"]
     return out.round(3)
 
 
