@@ -123,8 +123,10 @@ def short_kernel_name(name: str, limit: int = 60) -> str:
             m = hits[0]
             label = m.group(1) + (f"<{m.group(2)}>" if m.group(2) else "")
             if "direct_copy" in label or "copy_kernel" in label:
-                dtypes = re.findall(r"lambda\((\w+)\)", name)
-                label = "copy" + (f"({dtypes[-1]}→)" if dtypes else "")
+                # the element type is the first typed lambda inside the copy functor (the last one is the index)
+                src = re.search(r"copy_kernel_cuda.*?lambda\((\w+)\)", name)
+                dst = "→bf16" if "bfloat16_copy" in name else ""
+                label = "copy" + (f"({src.group(1)}{dst})" if src else "")
             return label[:limit]
         return (head.group(1) if head else name)[:limit]
     if name.startswith("cudnn_generated") and "sdpa" in name:
@@ -356,9 +358,13 @@ def trace_diff(workload: str, before: str, after: str, root=None, top: int = 12)
 
 
 def category_diff(workload: str, before: str, after: str, root=None) -> pd.DataFrame:
-    """GPU kernel time per category in two stages' profiled steps, and the difference (ms)."""
-    a = category_breakdown(load_trace(workload, before, root))["ms"]
-    b = category_breakdown(load_trace(workload, after, root))["ms"]
+    """GPU kernel time per category in the first profiled step of each of two stages, and the difference (ms).
+    (An offload baseline's trace also holds the expert-switch step; the first step is the normal one.)"""
+    def first_step(stage):
+        k = kernels(load_trace(workload, stage, root))
+        return category_breakdown(k[k["iteration"] == k.loc[k["iteration"] > 0, "iteration"].min()])["ms"]
+
+    a, b = first_step(before), first_step(after)
     out = pd.DataFrame({before: a, after: b})
     out["Δ ms"] = out[after] - out[before]
     out.loc["total"] = out.sum()
