@@ -29,6 +29,8 @@ def render(names=None, html_dir: Path | None = ROOT / "build" / "html", timeout:
     for src in sources:
         print(f"render {src.stem}", flush=True)
         nb = jupytext.read(src)
+        for i, cell in enumerate(nb.cells):  # stable ids: re-rendering must not rewrite every cell of the diff
+            cell["id"] = f"cell-{i:03d}"
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nb.metadata.setdefault("jupytext", {})["formats"] = "ipynb,py:percent"
         NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
