@@ -253,10 +253,6 @@ def attention_flops(lq: int, lk: int, dim: int, batch: int = 1) -> float:
     return 4.0 * batch * lq * lk * dim
 
 
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x, approximate="tanh")
-
-
 def param_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -266,5 +262,5 @@ def param_count(module: nn.Module) -> int:
 __all__ = [
     "AutocastLinear", "set_compute_dtype", "fp32_island", "WanRMSNorm", "WanLayerNorm", "sinusoidal_embedding_1d",
     "rope_params", "rope_table", "rope_split", "rope_apply", "sdpa", "varlen_attention", "attention_flops",
-    "SDPA_BACKENDS", "ATTENTION_BACKENDS", "attention", "flex_attention_bhsd", "AutocastConv3d", "gelu_tanh", "param_count",
+    "SDPA_BACKENDS", "ATTENTION_BACKENDS", "attention", "flex_attention_bhsd", "AutocastConv3d", "param_count",
 ]
