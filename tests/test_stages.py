@@ -202,3 +202,16 @@ def test_best_attention_backend_is_the_fastest_measured():
     assert best_backend({"flash": 350.0, "cudnn": 590.0, "flex": None, "flex_error": "x"}) == "cudnn"
     with pytest.raises(ValueError, match="no attention kernel"):
         best_backend({"flash": None})
+
+
+def test_triton_kernels_are_well_formed_custom_ops():
+    """The kernels run as custom ops so that torch.compile leaves their launch alone; opcheck tests the schema,
+    the fake (meta) implementation against the real one, and the op under Dynamo and AOT autograd tracing."""
+    from wanopt.stages import fusion  # noqa: F401  (registers the ops)
+
+    x = _bf16(2, 6, 64)
+    mul, add = _bf16(2, 1, 64, offset=1.0), _bf16(2, 1, 64)
+    torch.library.opcheck(torch.ops.wanopt.norm_modulate, (x, mul, add, 1e-6))
+    cos, sin = rope_cos_sin(rope_table(32), (1, 2, 3), torch.bfloat16, "cpu")
+    torch.library.opcheck(torch.ops.wanopt.rmsnorm_rope, (x, _bf16(64, offset=1.0), 1e-6, cos, sin, 2))
+    torch.library.opcheck(torch.ops.wanopt.rmsnorm_rope, (x, _bf16(64, offset=1.0), 1e-6, None, None, 2))

@@ -103,6 +103,23 @@ def triton_norm_modulate(x, mul, add, eps):
     """Triton version of dtype_hygiene.norm_modulate. x [B, L, D]; mul/add [B, 1, D] (per sample) or [D]."""
     if not _use_triton(x) or (mul.dim() == 3 and mul.size(1) != 1):
         return norm_modulate(x, mul, add, eps)
+    return torch.ops.wanopt.norm_modulate(x, mul, add, eps)
+
+
+def triton_qk_norm_rope(x, weight, eps, rope, heads):
+    """Triton version of dtype_hygiene.qk_norm_rope. x [B, L, D] -> [B, L, heads, D/heads]."""
+    if not _use_triton(x):
+        return qk_norm_rope(x, weight, eps, rope, heads)
+    cos, sin = rope if rope is not None else (None, None)
+    return torch.ops.wanopt.rmsnorm_rope(x, weight, eps, cos, sin, heads).unflatten(-1, (heads, -1))
+
+
+# The launches are custom ops, opaque to torch.compile. Traced by Dynamo instead, Inductor launched these kernels
+# through its own wrapper and they ran 1.7-2x slower at A14B's width (twice the registers per thread in the
+# 07_compile trace of t2v-a14b-480p run 20261123T062229Z): as ops, Triton's own launcher runs them under compile
+# exactly as in eager.
+@torch.library.custom_op("wanopt::norm_modulate", mutates_args=())
+def _norm_modulate_op(x: torch.Tensor, mul: torch.Tensor, add: torch.Tensor, eps: float) -> torch.Tensor:
     b, l, d = x.shape
     mul, add = mul.contiguous(), add.contiguous()
     x, row_stride = _rows(x)
@@ -114,19 +131,28 @@ def triton_norm_modulate(x, mul, add, eps):
     return out
 
 
-def triton_qk_norm_rope(x, weight, eps, rope, heads):
-    """Triton version of dtype_hygiene.qk_norm_rope. x [B, L, D] -> [B, L, heads, D/heads]."""
-    if not _use_triton(x):
-        return qk_norm_rope(x, weight, eps, rope, heads)
+@_norm_modulate_op.register_fake
+def _(x, mul, add, eps):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("wanopt::rmsnorm_rope", mutates_args=())
+def _rmsnorm_rope_op(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor | None,
+                     sin: torch.Tensor | None, heads: int) -> torch.Tensor:
     b, l, d = x.shape
     x, row_stride = _rows(x)
     out = torch.empty(b, l, d, device=x.device, dtype=x.dtype)
-    half_hd = d // heads // 2
-    cos, sin = (t.contiguous() for t in rope) if rope is not None else (weight, weight)  # unused without RoPE
+    has_rope = cos is not None
+    cos, sin = (cos.contiguous(), sin.contiguous()) if has_rope else (weight, weight)  # unused without RoPE
     block = triton.next_power_of_2(d // 2)
-    _rmsnorm_rope_kernel[(b * l,)](x, weight, cos, sin, out, row_stride, l, d, half_hd, eps,
-                                   HAS_ROPE=rope is not None, BLOCK_HALF=block, num_warps=_warps(block))
-    return out.unflatten(-1, (heads, -1))
+    _rmsnorm_rope_kernel[(b * l,)](x, weight, cos, sin, out, row_stride, l, d, d // heads // 2, eps,
+                                   HAS_ROPE=has_rope, BLOCK_HALF=block, num_warps=_warps(block))
+    return out
+
+
+@_rmsnorm_rope_op.register_fake
+def _(x, weight, eps, cos, sin, heads):
+    return x.new_empty(x.shape)
 
 
 TRITON_KERNELS = SimpleNamespace(norm_modulate=triton_norm_modulate, qk_norm_rope=triton_qk_norm_rope,
