@@ -124,6 +124,19 @@ def test_stage_table_and_plots_from_committed_manifests():
     assert fig.dpi == plots.DPI
 
 
+def test_velocity_errors_read_every_manifest_and_refuse_other_metrics():
+    from wanopt.profiling import report
+
+    errors = report.velocity_errors(["t2v-a14b-720p"])
+    stages = list(analysis.stage_table("t2v-a14b-720p").index)
+    assert list(errors.index.get_level_values("stage")) == stages
+    for stage, row in errors.xs("t2v-a14b-720p").iterrows():
+        e = analysis.load_manifest("t2v-a14b-720p", stage)["error_vs_baseline"]
+        assert row["velocity rel L2"] == e["value"] and row["ok"] == (e["value"] <= e["tolerance"])
+    with pytest.raises(ValueError, match="not the velocity metric"):  # the tiny traces hold the latents metric
+        report.velocity_errors([TINY])
+
+
 # -- FLOPs -------------------------------------------------------------------------------------------------------
 
 

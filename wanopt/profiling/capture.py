@@ -503,7 +503,8 @@ def capture_peers(run: T2VRun, diffusers_version: str, compare_cudnn: bool = Fal
         xb = x.to(torch.bfloat16)  # WanPipeline feeds the transformer its own dtype
         v_c = twin(xb, t.reshape(1), ctx, return_dict=False)[0]
         v_u = twin(xb, t.reshape(1), ctx_null, return_dict=False)[0]
-        state.latents = state.scheduler.step(v_u + g * (v_c - v_u), t, x, return_dict=False)[0]
+        state.velocity = v_u + g * (v_c - v_u)
+        state.latents = state.scheduler.step(state.velocity, t, x, return_dict=False)[0]
         state.step_index += 1
 
     def measure(label):
@@ -521,7 +522,8 @@ def capture_peers(run: T2VRun, diffusers_version: str, compare_cudnn: bool = Fal
         pipe.denoise_step(ours)
         results[label] = {"timing": summarize(times), "warmup_ms": warm,
                           "compile_s": max(0.0, (warm - statistics.median(times)) / 1e3),
-                          "error_vs_baseline": rel_l2(box["s"].latents, ours.latents)}
+                          "error_vs_baseline": rel_l2(box["s"].latents, ours.latents),  # latents after the step
+                          "velocity_error_vs_baseline": rel_l2(box["s"].velocity, ours.velocity)}
         print(f"  peer {label}: {statistics.median(times):.1f} ms/step", flush=True)
 
     with torch.no_grad():

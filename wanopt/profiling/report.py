@@ -40,20 +40,19 @@ def stage_comparison(stage: str, workloads=T2V_WORKLOADS, root=None) -> pd.DataF
     return df.round({"before ms": 1, "after ms": 1, "speedup ×": 3, "vs baseline ×": 2, "MFU": 3, "floor ×": 2})
 
 
-def velocity_errors(workloads=("t2v-a14b-480p", "t2v-a14b-720p"), root=None) -> pd.DataFrame:
-    """The errors-only run (errors.json): per stage, relative L2 of one step's guided velocity against the
-    baseline's, at real size on the H100."""
+def velocity_errors(workloads=T2V_WORKLOADS, root=None) -> pd.DataFrame:
+    """Per captured stage: the relative L2 of one step's guided velocity against 00_baseline's, at real size on
+    the H100 (the manifests' `error_vs_baseline`), with the stage's tolerance."""
     rows = []
     for w in workloads:
-        path = analysis._folder(w, None, root) / "errors.json"
-        if not path.exists():
-            continue
-        import json
-
-        e = json.loads(path.read_text())
-        for stage, v in e["stages"].items():
-            rows.append({"workload": w, "stage": stage, "run": e["run_id"], "velocity rel L2": v["velocity"],
-                         "latents rel L2": v["latents"], "tolerance": v["tolerance"], "ok": v["ok"]})
+        for stage in analysis.stage_table(w, root=root).index:
+            m = analysis.load_manifest(w, stage, root)
+            e = m["error_vs_baseline"]
+            if "velocity" not in e["metric"]:
+                raise ValueError(f"{w}/{stage}: the manifest's error is not the velocity metric ({e['metric']!r}); "
+                                 "re-capture it with `python -m wanopt capture`")
+            rows.append({"workload": w, "stage": stage, "run": m["run_id"], "velocity rel L2": e["value"],
+                         "tolerance": e["tolerance"], "ok": e["ok"]})
     return pd.DataFrame(rows).set_index(["workload", "stage"])
 
 

@@ -43,8 +43,9 @@ class Stage:
 #     several times.
 #   numeric stages 5e-2: bf16 residual and bf16 RoPE round once more per block. The reference itself is ~4e-3
 #     from an all-fp32 run on the tiny model and the lean stage ~1e-2 from the reference (notebook 05); at real size
-#     the lean stages measured 3.2e-2 (traces/*/errors.json). 5e-2 leaves room for depth and width while staying far
-#     below the O(1) that a wrong kernel, a dropped term or a swapped pair gives.
+#     the lean stages measured 2.9e-2 (1.3B) and 3.2e-2 (A14B) (traces/*/*/manifest.json). 5e-2 leaves room
+#     for depth and width while staying far below the O(1) that a wrong kernel, a dropped term or a swapped pair
+#     gives.
 # A stage's tolerance is the largest of those applied so far: errors add up along the sequence.
 T2V_STAGES: list[Stage] = [
     Stage("00_baseline", None, "official single-GPU recipe: offload, bf16 weights, two sequential CFG forwards",

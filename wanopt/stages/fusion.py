@@ -115,9 +115,9 @@ def triton_qk_norm_rope(x, weight, eps, rope, heads):
 
 
 # The launches are custom ops, opaque to torch.compile. Traced by Dynamo instead, Inductor launched these kernels
-# through its own wrapper and they ran 1.7-2x slower at A14B's width (twice the registers per thread in the
-# 07_compile trace of t2v-a14b-480p run 20261123T062229Z): as ops, Triton's own launcher runs them under compile
-# exactly as in eager.
+# through its own launcher, compiled with twice the registers per thread, and they ran 1.7-1.8x slower at A14B's
+# width (python -m wanopt.profiling.kernel_bench; H100 output in traces/logs/bench_ops.txt). As ops, Triton's own
+# launcher runs them under compile exactly as in eager.
 @torch.library.custom_op("wanopt::norm_modulate", mutates_args=())
 def _norm_modulate_op(x: torch.Tensor, mul: torch.Tensor, add: torch.Tensor, eps: float) -> torch.Tensor:
     b, l, d = x.shape
