@@ -203,6 +203,19 @@ def test_best_attention_backend_is_the_fastest_measured():
     assert best_backend({"flash": 350.0, "cudnn": 590.0, "flex": None, "flex_error": "x"}) == "cudnn"
     with pytest.raises(ValueError, match="no attention kernel"):
         best_backend({"flash": None})
+    # FlashAttention-4 competes where installed, and drops out where it is not
+    assert best_backend({"cudnn": 563.0, "fa4": 659.0}) == "fa4"
+    assert best_backend({"cudnn": 563.0, "fa4": None, "fa4_error": "RuntimeError: needs flash-attn-4"}) == "cudnn"
+
+
+def test_fa4_backend_is_accepted_and_says_what_it_needs():
+    from wanopt.models.layers import attention
+
+    model = build_wan(TINY.dit, seed=0)
+    model.set_attention_backend("fa4")  # a known name; the kernel is looked up at call time
+    q = torch.randn(1, 8, 2, 16)
+    with pytest.raises(RuntimeError, match="CUDA GPUs only"):
+        attention(q, q, q, "fa4")
 
 
 def test_triton_kernels_are_well_formed_custom_ops():

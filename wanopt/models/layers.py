@@ -207,14 +207,33 @@ def flex_attention_bhsd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
 _compiled_flex = None
 
 
+def fa4_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """FlashAttention-4 (PyPI `flash-attn-4`, CuTe DSL kernels for Hopper and Blackwell) on [B, L, heads, head_dim],
+    the layout wanopt already uses. Not a torch dependency: installed separately on the GPU machine."""
+    if not q.is_cuda:
+        raise RuntimeError("attention backend 'fa4' runs on CUDA GPUs only (Hopper or newer); on the CPU use "
+                           "backend='flash' (SDPA picks its CPU kernel)")
+    try:
+        from flash_attn.cute import flash_attn_func
+    except ImportError as exc:
+        raise RuntimeError("attention backend 'fa4' needs FlashAttention-4: `pip install --pre flash-attn-4` "
+                           f"(and nvidia-cutlass-dsl), or choose one of {', '.join(ATTENTION_BACKENDS)}") from exc
+    out = flash_attn_func(q, k, v)
+    return out[0] if isinstance(out, tuple) else out  # some releases return (out, lse)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str | None = "flash") -> torch.Tensor:
-    """Non-causal attention on [B, L, heads, head_dim] with a named kernel: an SDPA backend or "flex"."""
+    """Non-causal attention on [B, L, heads, head_dim] with a named kernel: an SDPA backend, "flex" or "fa4"."""
     if backend == "flex":
         return flex_attention_bhsd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    if backend == "fa4":
+        return fa4_attention(q, k, v)
     return sdpa(q, k, v, backend)
 
 
-ATTENTION_BACKENDS = (*SDPA_BACKENDS, "flex")
+ATTENTION_BACKENDS = (*SDPA_BACKENDS, "flex")  # what torch itself ships
+EXTERNAL_BACKENDS = ("fa4",)  # kernels from packages of their own, used where installed
+KNOWN_BACKENDS = (*ATTENTION_BACKENDS, *EXTERNAL_BACKENDS)
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_lens: torch.Tensor | None = None,
@@ -262,5 +281,6 @@ def param_count(module: nn.Module) -> int:
 __all__ = [
     "AutocastLinear", "set_compute_dtype", "fp32_island", "WanRMSNorm", "WanLayerNorm", "sinusoidal_embedding_1d",
     "rope_params", "rope_table", "rope_split", "rope_apply", "sdpa", "varlen_attention", "attention_flops",
-    "SDPA_BACKENDS", "ATTENTION_BACKENDS", "attention", "flex_attention_bhsd", "AutocastConv3d", "param_count",
+    "SDPA_BACKENDS", "ATTENTION_BACKENDS", "EXTERNAL_BACKENDS", "KNOWN_BACKENDS", "attention", "fa4_attention",
+    "flex_attention_bhsd", "AutocastConv3d", "param_count",
 ]

@@ -80,6 +80,7 @@ def capture_mg2(wl, stages, out, checkpoint, seed, profile, allow_cpu, progress)
     block_ms = statistics.median(steady)
     eval_flops = causal_eval_flops(c, f, steady_key_frames)
     first_flops = causal_eval_flops(c, f, f)
+    first_eval_extra = causal_eval_flops(c, f, f, cross_kv_cached=False)["total"] - first_flops["total"]
     block_flops = evals_per_block * eval_flops["total"]
     attn_tflops = ceil["attention"][ceil["attention_backend"]]
     floor_s = evals_per_block * kernel_floor_s(eval_flops, ceil["gemm_tflops"], attn_tflops)
@@ -94,7 +95,7 @@ def capture_mg2(wl, stages, out, checkpoint, seed, profile, allow_cpu, progress)
                 f"({f * s} query tokens, {steady_key_frames * s} keys), DiT only (no VAE decode)",
         "timing": summarize(steady),
         "first_block": {"timing": summarize(first), "keys": f * s,
-                        "flops": evals_per_block * first_flops["total"],
+                        "flops": evals_per_block * first_flops["total"] + first_eval_extra,  # + CLIP K/V once
                         "video_frames": 1 + 4 * (f - 1)},
         "eval": {"timing": summarize(evals), "flops": eval_flops},
         "evals_per_block": evals_per_block,

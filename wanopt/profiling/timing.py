@@ -57,7 +57,7 @@ def gemm_ceiling_tflops(n: int = 8192, repeats: int = 10) -> float:
 
 
 def attention_ceilings_tflops(heads: int, q_len: int, k_len: int, head_dim: int = 128,
-                              backends=("flash", "cudnn", "efficient", "flex"), repeats: int = 5) -> dict:
+                              backends=("flash", "cudnn", "efficient", "flex", "fa4"), repeats: int = 5) -> dict:
     """Non-causal bf16 attention [1, heads, L, head_dim] per available kernel, median TFLOP/s (None: unavailable)."""
     from ..models.layers import attention
 
