@@ -58,14 +58,18 @@ for w in WORKLOADS:
     rows.append({"workload": w, "step s": m["timing"]["median"] / 1e3, "repeats": m["timing"]["n"],
                  "PFLOP / step": m["flops_per_step"] / 1e15, "MFU": m["mfu"], "floor s": m["kernel_floor_ms"] / 1e3,
                  "× floor": m["kernel_floor_ratio"], "peak GiB": m["peak_memory_gib"],
+                 "attention % of FLOPs": 100 * m["flops_per_eval"]["attention"] / m["flops_per_eval"]["total"],
                  "GEMM TFLOP/s": c["gemm_tflops"],
-                 **{f"{b} TFLOP/s": c["attention_all"][b] for b in ("flash", "cudnn", "flex", "efficient")}})
-pd.DataFrame(rows).set_index("workload").round(2)
+                 **{f"{b} TFLOP/s": c["attention_all"][b] for b in ("flash", "cudnn", "flex", "efficient")},
+                 "FA2 / fastest %": 100 * c["attention_all"]["flash"] / c["attention_tflops"],
+                 "fastest": c["attention_backend"]})
+pd.DataFrame(rows).set_index("workload").round(2).round({"attention % of FLOPs": 0, "FA2 / fastest %": 0})
 
 # %% [markdown]
-# The baseline runs at about half the kernel floor's speed. The two ceilings say why before any trace is opened:
-# attention is 52 % (A14B 480p) to 72 % (A14B 720p) of the FLOPs, and the FA2 kernel the baseline uses reaches
-# ~60 % of the rate of the fastest kernel measured at the same shape (cuDNN).
+# The baseline runs at about half the kernel floor's speed (1.80–1.99× the floor). The two ceilings say why
+# before any trace is opened: attention is 53 % (A14B 480p) to 71–72 % (1.3B, A14B 720p) of the FLOPs, and the
+# FA2 kernel the baseline uses reaches 62–66 % of the rate of the fastest kernel measured at the same shape
+# (cuDNN in all three runs).
 
 # %% [markdown]
 # ## The kernel timeline of one step and of one block
@@ -194,8 +198,8 @@ for w in ("t2v-a14b-480p", "t2v-a14b-720p"):
 pd.concat(copies).round(2)
 
 # %% [markdown]
-# The device-to-host half of the switch (the outgoing expert into pageable memory) runs at under 2 GB/s on this
-# machine and dominates the switch; the upload runs at about 10 GB/s.
+# The device-to-host half of the switch (the outgoing expert into pageable memory) runs at under 1.5 GB/s on this
+# machine and dominates the switch; the upload runs at under 8 GB/s.
 
 # %% [markdown]
 # ## A whole A14B video, projected, beside the official table
@@ -238,7 +242,8 @@ pd.DataFrame(rows).set_index("workload").round(1)
 # %% [markdown]
 # ## What the baseline spends its time on
 # Read from the tables above:
-# - **attention** is the bulk of every step, run by a kernel at ~60 % of the fastest available rate (stage 5);
+# - **attention** is the bulk of every step, run by a kernel at under two thirds of the fastest available rate
+#   (stage 5);
 # - the **reference's small ops and casts** (complex128 RoPE, fp32 modulation and residual, autocast casts,
 #   packing copies) are the next block of time, close to the spec's §5.4 re-creation (stage 4);
 # - Wan 2.2's **per-token time MLP** is a visible fp32 GEMM every forward (stages 3 and 4);

@@ -183,9 +183,12 @@ misses.round(2)
 # Reading the table:
 # - **Against diffusers.** diffusers' regional compile already runs the same cuDNN attention kernel on the same
 #   GEMMs, and both sit close to the kernel floor: no lossless rewrite of the rest of the step can open a 1.2× gap
-#   when attention, the common part, is most of the step. The 1.2× targets need an attention kernel ~10 % faster
-#   than any available on the capture machine (printed above; FlashAttention-3 could not be installed there).
-#   Our fastest stage and diffusers' regional compile are at parity.
+#   when attention, the common part, is most of the step. Our fastest stage and diffusers' regional compile are at
+#   parity. The 1.2× targets need attention ~10 % faster than the best kernel these runs measured (printed
+#   above). FlashAttention-4, timed on its own after these runs, is 1.15–1.20× faster than cuDNN at these shapes
+#   (notebook 06, `traces/logs/fa4_bench.txt`); notebook 06 estimates 1.09–1.14× per step from it. Against
+#   diffusers on its default cuDNN path that is still short of 1.2×, and diffusers' attention dispatcher can use
+#   FlashAttention kernels as well. wanopt picks FA4 by measurement in the next capture; these runs predate it.
 # - **The A14B 480p video.** Even at the kernel floor the projection stays above 200 s (`video at the floor s`);
 #   the attention rate it would take is printed above.
 # - **720p.** Both experts fit (peak below 76 GiB). The video projection misses 820 s for the same reason as 480p.
