@@ -15,19 +15,20 @@
 # # 08 · torch.compile: regional (per block) against the whole model
 #
 # **What changes** (`wanopt.stages.compile`, stage `07_compile`): Inductor traces each transformer block
-# (`block.compile()`, regional) or the whole forward (`torch.compile(model)`) and generates fused Triton kernels
-# for the elementwise work between the GEMMs and attention (modulation, gates, residuals, GELU, casts); the user
-# Triton kernels of stage 6 are kept as they are. Regional: all blocks share one forward, so Dynamo compiles it
-# once and every block of both experts reuses it. Whole model: the 30–40 blocks unroll into one graph, more room
-# for fusion across block boundaries, a compile time that grows with depth. Exact up to kernel rounding.
+# (`block.compile()`, regional) or the whole forward (`torch.compile(model)`) and generates fused Triton kernels for the
+# elementwise work between the GEMMs and attention (modulation, gates, residuals, GELU, casts). The user Triton kernels
+# of stage 6 are torch custom ops (`torch.library.custom_op`), opaque to Dynamo: the compiled blocks call them as they
+# are, through Triton's own launcher. Regional: all blocks share one forward, so Dynamo compiles it once and every block
+# of both experts reuses it. Whole model: the 30–40 blocks unroll into one graph, more room for fusion across block
+# boundaries, a compile time that grows with depth. Exact up to kernel rounding.
 #
 # **Prediction** (the stage docstring): the remaining passes between kernels, and little launch overhead to remove
 # at these sizes. After stage 6 those passes are a small share of the step, so a gain of a few percent at most;
 # compile time is paid once per process and reported separately.
 #
-# **Caveat on compile times.** The `t2v-1.3b-480p` run had Inductor's caches on: its regional compile came right
-# after the whole-model compile and reused the kernels that one had just built. The A14B runs disabled the caches,
-# so their compile times are cold (`capture.json` → `env.inductor_caches`).
+# **Compile times are cold.** Every run here disabled Inductor's caches (`TORCHINDUCTOR_FORCE_DISABLE_CACHES=1`;
+# `capture.json` → `env.inductor_caches`, the last column of the compile table below), so no compile reused
+# kernels built by an earlier one.
 
 # %%
 from wanopt.profiling.notebook import setup
@@ -44,7 +45,7 @@ import pandas as pd
 from wanopt.profiling import analysis, report
 
 STAGE, PREV = "07_compile", "06_fusion"
-WORKLOADS = ["t2v-1.3b-480p", "t2v-a14b-480p"]  # 720p: applied, never timed (the run stopped at stage 8)
+WORKLOADS = list(report.T2V_WORKLOADS)  # 1.3B and A14B at 480p, A14B at 720p
 STAGE6 = ["_norm_modulate_kernel", "_rmsnorm_rope_kernel"]
 pd.set_option("display.max_colwidth", 64)  # Inductor's kernel names differ only in their suffix
 
@@ -66,8 +67,8 @@ print(analysis.provenance(analysis.load_manifest("t2v-a14b-480p", STAGE)))
 cmp
 
 # %% [markdown]
-# The errors here are the latents metric only: the errors-only velocity run stopped at stage 6, so no velocity
-# error exists at real size for this stage; the tiny model's is above.
+# The `error` column is the velocity metric at real size (traces/README.md), the same as stage 6's to the digits
+# shown (notebook 07): compile changes the rounding of the elementwise work, not the error level.
 #
 # ### Regional against whole-model compile, and what compiling costs
 # The 1.3B run also timed the whole-model compile of the same pipeline (`capture.json` → `compile_whole_model`).
@@ -77,7 +78,7 @@ cmp
 rows = []
 for w in WORKLOADS:
     run, m = analysis.load_run(w), analysis.load_manifest(w, STAGE)
-    caches = run["env"].get("inductor_caches", "on (not recorded; traces/README.md)")
+    caches = run["env"].get("inductor_caches", "not recorded")
     rows.append({"workload": w, "compile": "regional", "step ms": m["timing"]["median"], "compile s": m["compile_s"],
                  "first call ms": m["warmup_ms"], "Inductor caches": caches})
     if "compile_whole_model" in run:
@@ -88,9 +89,8 @@ pd.DataFrame(rows).set_index(["workload", "compile"]).round(1)
 
 # %% [markdown]
 # Whole-model and regional compile give the same step time: nothing Inductor could fuse across block boundaries
-# is worth anything next to GEMMs and attention. The whole-model compile took over a minute; the regional one a
-# few seconds, but warm, reusing kernels the whole-model compile had just built. The cold A14B number is the fair
-# one for a regional compile: one block of a 14B expert, once, for all 40 blocks and both experts.
+# is worth anything next to GEMMs and attention. Both compiles are cold: the whole model took over 40 s, the
+# regional one 2–3 s at every size, one block compiled once and reused by all 30 or 40 blocks (and both experts).
 #
 # ## Did it pay? Block 5 before and after (A14B expert, 480p)
 
@@ -100,8 +100,9 @@ fig = report.block_timelines(W, PREV, STAGE)
 plt.show()
 
 # %% [markdown]
-# The attention kernel (orange) is unchanged; the green slab before it, the stage-6 RMSNorm + RoPE kernels, is
-# wider after compile; the red slivers are Inductor's fused residual kernels (see below on their colour).
+# The attention kernel (orange) and the GEMMs (blue) are unchanged; so is the green slab before attention, the
+# stage-6 RMSNorm + RoPE kernels (custom ops, see below); the red slivers are Inductor's fused residual kernels
+# (see below on their colour).
 #
 # ## HTA TraceDiff
 # GPU time per category, one profiled step each. Inductor names its kernels after the ops they fuse; those whose
@@ -117,10 +118,10 @@ analysis.trace_diff(W, PREV, STAGE).drop(index="Stream Sync", errors="ignore")
 # %% [markdown]
 # **Read this TraceDiff with care.** Inductor launches each Triton kernel from a CPU-side event named after it
 # (`cat: cpu_op`), and that event carries a `stream` argument, so HTA counts it as a GPU event: every
-# `triton_poi_…` row has twice its real calls, and rows such as `_norm_modulate_kernel_0` or
-# `_rmsnorm_rope_kernel_1` are Inductor's launcher names for the stage-6 kernels, with no GPU kernel of their
-# own. (`Stream Sync`, the host waiting on the stream, is dropped for the same reason.) The GPU side alone, from
-# `analysis.kernels()`, which keeps only kernel, memcpy and memset events:
+# `triton_poi_…` row has twice its real calls. (`Stream Sync`, the host waiting on the stream, is dropped for the
+# same reason.) The stage-6 rows are not doubled: their CPU-side event is the custom op (`wanopt::rmsnorm_rope`,
+# `wanopt::norm_modulate`), not named after the kernel. The GPU side alone, from `analysis.kernels()`, which keeps
+# only kernel, memcpy and memset events:
 
 # %%
 def by_kernel(w, stage):
@@ -152,40 +153,66 @@ def by_source(w, stage):
 sources = {w: pd.concat({s: by_source(w, s) for s in (PREV, STAGE)}, axis=1).fillna(0) for w in WORKLOADS}
 for d in sources.values():
     d[("Δ ms", "")] = d[(STAGE, "ms")] - d[(PREV, "ms")]
-pd.concat(sources, axis=1).round(1)
+pd.concat(sources, names=["workload", "kernels"]).round(1)
 
 # %% [markdown]
-# Two things happened, pulling in opposite directions:
+# Two things to read here:
 #
 # 1. **Inductor fused what was left**: the eager `addcmul`s of the gated residuals, the modulation table and its
 #    casts become a handful of `triton_poi_fused_…` kernels, cheaper than the ATen kernels they replace.
-# 2. **The stage-6 kernels got slower inside the compiled blocks**, on the same calls and the same grid. The
-#    trace records their launch configuration:
+# 2. **The stage-6 kernels did not change** inside the compiled blocks: the same calls, the same time. The trace
+#    records their launch configuration:
 
 # %%
 def launch_config(w, stage):
     with gzip.open(analysis.TRACES / w / stage / analysis.TRACE_NAME) as f:
         events = json.load(f)["traceEvents"]
     rows = [{"kernel": e["name"], "stage": stage, "threads / block": e["args"]["block"][0],
-             "registers / thread": e["args"]["registers per thread"],
+             "registers / thread": e["args"]["registers per thread"], "shared memory B": e["args"]["shared memory"],
              "est. occupancy %": e["args"]["est. achieved occupancy %"], "µs": e["dur"]}
             for e in events if e.get("cat") == "kernel" and e["name"] in STAGE6]
     return pd.DataFrame(rows)
 
 
 configs = pd.concat([launch_config(W, s) for s in (PREV, STAGE)])
-configs.groupby(["kernel", "stage", "registers / thread", "threads / block", "est. occupancy %"])["µs"].agg(
+configs.groupby(["kernel", "stage", "registers / thread", "shared memory B", "threads / block",
+                 "est. occupancy %"])["µs"].agg(
     calls="size", ms=lambda d: d.sum() / 1e3).round(2)
 
 # %% [markdown]
-# Each kernel comes in two compiled variants (with and without RoPE for `_rmsnorm_rope_kernel`). Same kernels,
-# same threads per block, but after compile about twice the registers per thread, half the occupancy and up to
-# twice the time. This matches a known Inductor behaviour: when a user-defined Triton kernel is called inside a
-# compiled region, Inductor types a Python-`float` argument as **fp64** where eager Triton types it fp32
-# (pytorch/pytorch PR #190340; linkedin/Liger-Kernel PR #1350 measured the same halving of throughput on an
-# H100). Both kernels take `eps` as a plain float, and `… / D + eps` then promotes the row's statistics, and with
-# them the whole row's arithmetic, to double precision. Not confirmed on the GPU here; the fix, if it is this, is
-# one line in `wanopt/stages/fusion.py` per kernel (e.g. `eps: tl.constexpr`).
+# `_rmsnorm_rope_kernel` comes in two compiled variants (with RoPE: more registers, shared memory, lower occupancy;
+# without: the cross-attention RMSNorm). Before and after compile each variant has the same registers per thread,
+# the same occupancy and the same time: under compile the custom op's body runs as in eager and launches the
+# kernel through Triton's own launcher, with the same compiled binary.
+#
+# **It was not always so.** Before the stage-6 launches became custom ops (commit `b323e48`), Dynamo traced them
+# and Inductor re-launched the kernels through its own launcher, which re-specialized and recompiled them. From git
+# history (the previous `t2v-a14b-480p` run, 20261123T062229Z, whose traces were replaced by the ones above): in its
+# `07_compile` trace the kernels ran with 1.5–2.1× the registers per thread of its `06_fusion` trace (64 → 98 for
+# `_norm_modulate_kernel`, 87 → 182 and 80 → 124 for the two `_rmsnorm_rope_kernel` variants), at lower
+# occupancy and 1.5–2× the time, which made that run's `07_compile` step slower than its `06_fusion` step. An
+# earlier version of this notebook blamed Inductor typing the float `eps` argument as fp64; that was a hypothesis,
+# and not the cause. `python -m wanopt.profiling.kernel_bench` times each kernel alone at the A14B-480p
+# batched-CFG shape, eager and under `torch.compile`, launched both ways (H100, same session as the runs):
+
+# %%
+bench = []
+for line in (analysis.TRACES / "logs" / "bench_ops.txt").read_text().splitlines():
+    if " eager " not in line:
+        continue  # the log also holds the GPU machine's warnings
+    name, rest = line.split(" eager ")
+    eager_us, compiled_us = (float(v) for v in rest.replace("compiled", "").split("us")[:2])
+    bench.append({"kernel": name.split()[0], "launch": "traced by Dynamo (before)" if "traced" in name
+                  else "custom op (now)", "eager µs": eager_us, "compiled µs": compiled_us,
+                  "compiled / eager": compiled_us / eager_us})
+pd.DataFrame(bench).set_index(["kernel", "launch"]).round(2)
+
+# %% [markdown]
+# Each time is the median of 20 calls between two CUDA events, so it includes the host's launch path: under
+# compile, the compiled function's guards and wrapper run inside the event window before the kernel starts (the
+# `kernel_bench` docstring). That is the likely reason the custom op reads slower compiled than eager here, while
+# its kernel time in the step traces above does not move. Traced by Dynamo, both kernels were slower still, and
+# there the kernels themselves were slower (the earlier run's step traces, above).
 #
 # What Inductor generated in one step of the A14B expert (40 blocks; GPU kernels only), and what it left alone:
 
@@ -195,9 +222,12 @@ generated = k[k["short_name"].str.startswith("triton_")]
 generated.groupby("short_name")["dur"].agg(calls="size", median_us="median", ms=lambda d: d.sum() / 1e3).round(2)
 
 # %% [markdown]
-# - `…_clone_unbind_*`: microsecond kernels on each block's six-row modulation table;
-# - `…_addcmul_unbind_view_*`: the residual updates (`x + y · gate`, the `addcmul`), each fused with the casts and
-#   adds of the modulation rows it uses (Inductor's kernel names list the ops they fuse);
+# - `…_norm_modulate_unbind_*`: microsecond kernels on each block's six-row modulation table, which prepare the
+#   scale and shift rows that the stage-6 `norm_modulate` op takes (the name mentions that op);
+# - `…_addcmul_unbind_view_*`: the two gated residual updates (`x + y · gate`, the `addcmul`), each fused with the
+#   casts and adds of the modulation rows it uses (Inductor's kernel names list the ops they fuse);
+# - `triton_poi_fused_add_view_3`: the cross-attention residual add, one pass like the ATen add it replaces
+#   (`CUDAFunctor_add` in the GPU-side diff above, about the same time);
 # - `triton_poi_fused_gelu_view_6`: **GELU is still its own pass** over the L × 13,824 FFN activation, as long as
 #   the eager GELU kernel it replaces. Inductor does not fuse a pointwise op into a cuBLAS GEMM's epilogue in its
 #   default mode; only its own Triton GEMM templates (max-autotune) could.
@@ -214,16 +244,19 @@ for w in WORKLOADS:
     print(f"{w}: step {r['before ms']:.0f} -> {r['after ms']:.0f} ms ({r['speedup ×']:.3f}x); peak memory "
           f"{r['peak GiB before']:.2f} -> {r['peak GiB after']:.2f} GiB; kernel time change: "
           + ", ".join(f"{g} {v:+.1f} ms" for g, v in parts.items()))
-    s6 = parts["stage-6 Triton kernels"]
-    print(f"  without the stage-6 slowdown the step would be about {r['after ms'] - s6:.0f} ms "
-          f"({r['before ms'] / (r['after ms'] - s6):.3f}x): an estimate, not a measurement")
+    saved = -parts["elementwise: ATen before, Inductor after"]
+    print(f"  Inductor's fusion saved {saved:.1f} ms of kernel time, {100 * saved / r['before ms']:.1f} % of the "
+          f"step; stage-6 kernels {sources[w].loc['stage-6 Triton', (PREV, 'ms')]:.1f} -> "
+          f"{sources[w].loc['stage-6 Triton', (STAGE, 'ms')]:.1f} ms")
 
 # %% [markdown]
-# **It did not pay.** On the 1.3B model compile is a wash; on the A14B expert it costs time. The trace shows why:
-# Inductor's fusion of the remaining elementwise work saves about as much as predicted (little), and the
-# slowdown of the stage-6 Triton kernels inside the compiled blocks costs more than that. Even without that
-# slowdown the gain would stay within the few percent predicted: after stages 5 and 6 the step is GEMMs and
-# attention, which Inductor does not touch, and whole-model compile buys nothing over regional. Peak memory is
-# lower under compile, a side benefit whose cause these traces cannot show (they record no allocations). The one
-# thing worth doing is the one-line fix above, then re-measuring; until then this stage is not worth its compile
-# time on these workloads.
+# **It barely pays, as predicted.** With the stage-6 kernels as custom ops, compile no longer slows them (same
+# registers, same time), and what is left is the predicted small gain: Inductor's fusion of the remaining
+# elementwise work saves under 1 % of the step at every size. The measured steps gain that much or less, within
+# the drift of the kernels Inductor does not touch: at A14B-480p the GEMM and attention kernels of the
+# compiled step took about as much longer as the fusion saved, the same kernels on the same shapes (between
+# stages of one run their time moves by up to about 1 %, up or down, see notebooks 07 and 09; the traces do not
+# say why). After stages 5 and 6 the step is GEMMs and attention, and whole-model compile buys nothing over
+# regional. Peak memory is lower under compile at every size, a side benefit whose cause these traces cannot show
+# (they record no allocations). At a cold regional compile of a few seconds per process the stage costs little
+# and may be kept, but it is not where the time is.

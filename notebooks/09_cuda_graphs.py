@@ -38,7 +38,7 @@ from wanopt.profiling import analysis, report
 
 STAGE, PREV = "08_cuda_graphs", "07_compile"
 readable = lambda v: f"{v:,.2f}".rstrip("0").rstrip(".")  # noqa: E731  (HTA's counts and µs, without exponents)
-WORKLOADS = ["t2v-1.3b-480p", "t2v-a14b-480p"]
+WORKLOADS = list(report.T2V_WORKLOADS)  # 1.3B and A14B at 480p, A14B at 720p
 traces = {(w, s): analysis.load_trace(w, s) for w in WORKLOADS for s in (PREV, STAGE)}
 
 # %% [markdown]
@@ -69,27 +69,19 @@ cmp
 
 # %% [markdown]
 # Capturing costs time once per shape: two warm-up forwards on a side stream, then the recording. The manifest's
-# `compile_s` is the first call's extra time over a timed step, i.e. that capture:
+# `compile_s` is the first call's extra time over a timed step, i.e. that capture; in units of the timed step:
 
 # %%
-pd.DataFrame({w: {"capture s": analysis.load_manifest(w, STAGE)["compile_s"],
-                  "first call ms": analysis.load_manifest(w, STAGE)["warmup_ms"]} for w in WORKLOADS}).T.round(1)
+capture = pd.DataFrame({w: {"capture s": analysis.load_manifest(w, STAGE)["compile_s"],
+                            "first call ms": analysis.load_manifest(w, STAGE)["warmup_ms"]} for w in WORKLOADS}).T
+capture["capture / step"] = capture["capture s"] * 1e3 / cmp["after ms"]
+capture.round(1)
 
 # %% [markdown]
-# ### 720p: the stage crashed
-# At 720p the capture stopped in this stage, during the graph's warm-up forward:
-
-# %%
-failed = analysis.load_run("t2v-a14b-720p")["failed"]
-print(f"{failed['stage']}: {failed['error'].splitlines()[0]}")
-
-# %% [markdown]
-# The cause was not the graph. The stage-6 Triton kernels of that run computed `row × row_stride` in 32-bit
-# integers, which passes 2³¹ at 720p with batched CFG (151,200 rows of a fused-QKV view with a 15,360-element
-# stride). In the timed `06_fusion` run those reads landed inside other allocations and went unnoticed (the
-# output was wrong, see notebook 07); in this stage's warm-up they hit an address outside any allocation. The
-# kernels now use 64-bit row offsets, but stages 7 and 8 were not re-captured at 720p: the session's GPU time was
-# spent. So there is no 720p number for this stage; the 480p results below carry over, with even longer kernels.
+# About two steps' time at every size, the two warm-up forwards: the recording itself is cheap. (An earlier 720p
+# capture, in git history before commit `b323e48`, crashed in this stage's warm-up with an illegal memory access;
+# the cause was the stage-6 kernels' 32-bit row offsets, since made 64-bit, and this run captured the stage at
+# 720p.)
 #
 # ## Launches: what the graph removes
 # The host-side launch calls in one profiled step, before and after (from the trace's CUDA runtime and driver
@@ -112,8 +104,8 @@ pd.concat({w: pd.concat({s: host_launches(traces[(w, s)]) for s in (PREV, STAGE)
 # HTA's launch statistics, before and after. HTA pairs kernels with `cudaLaunchKernel` calls only, so the Triton
 # kernels of stage 7 and the graph's kernels are not in them; what remains after the graph are the few ATen
 # launches outside it (CFG concat and split, the scheduler step). The telling row is the median launch delay
-# before: the host enqueues kernels a large fraction of a second ahead of the GPU, so the launch cost is hidden
-# behind the GPU's work.
+# before: the host enqueues kernels from a third of a second (1.3B) to seconds (A14B) ahead of the GPU, so the
+# launch cost is hidden behind the GPU's work.
 
 # %%
 pd.concat({w: pd.concat({s: analysis.launch_stats(traces[(w, s)])["value"] for s in (PREV, STAGE)}, axis=1)
@@ -153,8 +145,8 @@ analysis.trace_diff("t2v-a14b-480p", PREV, STAGE).drop(index="Stream Sync", erro
 # %% [markdown]
 # Those rows are mostly not GPU changes: HTA counts Inductor's CPU-side launch events (named after their kernels,
 # with a `stream` argument) as GPU events (notebook 08), and in a graph replay those CPU events no longer exist,
-# so stage 7 shows twice the calls of stage 8 for every Inductor kernel, and launcher names like
-# `_rmsnorm_rope_kernel_1` drop to zero. On the GPU side alone (`analysis.kernels()`), the kernels whose count
+# so stage 7 shows twice the calls of stage 8 for every Inductor kernel (and the time of its CPU-side event added
+# to the kernel's). On the GPU side alone (`analysis.kernels()`), the kernels whose count
 # differs between the two steps:
 
 # %%
@@ -191,12 +183,11 @@ mg2_idle = analysis.temporal_breakdown(mg2).loc["idle", "percent"]
 print(f"mg2-universal baseline: GPU idle {mg2_idle:.1f} % of the trace")
 
 # %% [markdown]
-# **It did not pay, as predicted.** At T2V scale the GPU is idle for well under 1 % of a step, the host runs a
-# large fraction of a second or more ahead of the GPU, and the graph removes every launch of the forward without
-# changing a single kernel. What it could save is bounded by that idle time; the graph removed part of
-# it, and the measured step came out the same or marginally slower, within the run-to-run variation of the
-# kernels themselves (the category diff moves by about as much in either direction). Add the capture cost per
-# shape and the static-shape constraint (peak memory did come out lower, which these traces cannot explain); the
-# stage is not worth keeping for these T2V workloads, and at 720p it is untested (its crash came from a
-# neighbouring kernel's bug, since fixed). Matrix-Game-2 is the opposite regime, a
-# GPU idle most of its time with microsecond kernels: that is where CUDA graphs belong.
+# **It did not pay, as predicted.** At T2V scale the GPU is idle for well under 1 % of a step, the host runs from a
+# third of a second to seconds ahead of the GPU, and the graph removes every launch of the forward without changing a
+# single kernel. What it could save is bounded by that idle time, a few ms to a few tens of ms per step; the measured
+# step moved by under 1 % either way at all three sizes, within the variation of the kernels themselves (the category
+# diff moves by amounts of the same order, the same kernels on the same data). Add the capture cost of about two steps
+# per shape and the static-shape constraint (peak memory did come out lower at every size, which these traces cannot
+# explain); the stage is not worth keeping for these T2V workloads, 720p included. Matrix-Game-2 is the opposite regime,
+# a GPU idle most of its time with microsecond kernels: that is where CUDA graphs belong.
