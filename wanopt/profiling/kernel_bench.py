@@ -7,24 +7,18 @@ that adds ~50-120 µs of guards and wrapper before the kernel starts."""
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 
 from ..stages import fusion
+from .timing import cuda_time_ms
 
 
 def median_ms(fn, *args, n: int = 20) -> float:
-    for _ in range(3):
+    for _ in range(3):  # warm-up: Triton's JIT, and compile on the first call of a compiled function
         fn(*args)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(n):
-        start.record()
-        fn(*args)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[n // 2]
+    return statistics.median(cuda_time_ms(lambda: fn(*args), repeats=n))
 
 
 def traced_norm_modulate(x, mul, add, eps):
