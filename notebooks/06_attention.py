@@ -235,8 +235,10 @@ fa4
 # %% [markdown]
 # FlashAttention-4 is faster than cuDNN at every shape, by the factor in the last column, and agrees with it as
 # closely as FA2 does (relative L2 in the log, bf16 rounding). wanopt now measures it as the `fa4` candidate
-# wherever the package is installed (`wanopt.models.layers.fa4_attention`), so the next capture's `05_attention`
-# will pick it by measurement. What it would buy per step, if attention time in the fastest stage shrank by that
+# wherever the package is installed (`wanopt.models.layers.fa4_attention`, a custom op, so that torch.compile and
+# CUDA graphs take its launch as one call), at the cross-attention shape (L × 512 text tokens) as well as the
+# self-attention one: a capture's `05_attention` picks the kernel with the least time on the model's mix among
+# those that run at both. What FA4 would buy per step, if attention time in the fastest stage shrank by that
 # factor and nothing else changed (an estimate, not a measurement):
 
 # %%

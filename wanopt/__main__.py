@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     cap.add_argument("--peers", action="store_true", help="also time diffusers' WanTransformer3DModel (T2V)")
     cap.add_argument("--compare-whole-compile", action="store_true",
                      help="also time a whole-model torch.compile before the regional one (T2V)")
+    cap.add_argument("--attention-backend", default=None,
+                     help="force stage 05's attention kernel instead of the fastest measured (T2V), e.g. fa4")
     cap.add_argument("--errors-only", action="store_true",
                      help="no timing: per stage, the error against the baseline; --workload may list several "
                           "comma-separated workloads of one model (T2V)")
@@ -67,12 +69,16 @@ def main(argv=None) -> int:
             capture_errors(args.workload.split(","), args.stages, args.out, seed=args.seed)
             return 0
         capture(args.workload, args.stages, args.out, checkpoint=args.checkpoint, seed=args.seed,
-                profile=not args.no_profile, peers=args.peers, compare_whole_compile=args.compare_whole_compile)
+                profile=not args.no_profile, peers=args.peers, compare_whole_compile=args.compare_whole_compile,
+                attention_backend=args.attention_backend)
     except CaptureNeedsGPU as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyError as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -213,13 +213,32 @@ def fa4_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     if not q.is_cuda:
         raise RuntimeError("attention backend 'fa4' runs on CUDA GPUs only (Hopper or newer); on the CPU use "
                            "backend='flash' (SDPA picks its CPU kernel)")
+    _fa4_kernel()  # fail here, with the fix, rather than inside a compiled graph
+    return torch.ops.wanopt.fa4_attention(q, k, v)
+
+
+def _fa4_kernel():
+    """flash_attn.cute.flash_attn_func, imported on first use (tests put a reference kernel here instead)."""
     try:
         from flash_attn.cute import flash_attn_func
     except ImportError as exc:
         raise RuntimeError("attention backend 'fa4' needs FlashAttention-4: `pip install --pre flash-attn-4` "
-                           f"(and nvidia-cutlass-dsl), or choose one of {', '.join(ATTENTION_BACKENDS)}") from exc
-    out = flash_attn_func(q, k, v)
-    return out[0] if isinstance(out, tuple) else out  # some releases return (out, lse)
+                           f"(it brings nvidia-cutlass-dsl), or choose one of {', '.join(ATTENTION_BACKENDS)}") from exc
+    return flash_attn_func
+
+
+# A custom op, so that torch.compile treats the CuTe DSL launch as one opaque call (Dynamo cannot trace the DSL's
+# JIT and host-side launch code) and CUDA graphs record the kernel it launches like any other.
+@torch.library.custom_op("wanopt::fa4_attention", mutates_args=())
+def _fa4_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    out = _fa4_kernel()(q, k, v)
+    out = out[0] if isinstance(out, tuple) else out  # releases return (out, lse)
+    return out.contiguous()
+
+
+@_fa4_attention_op.register_fake
+def _(q, k, v):
+    return q.new_empty(q.shape[:-1] + v.shape[-1:])
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str | None = "flash") -> torch.Tensor:

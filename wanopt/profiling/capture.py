@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from ..configs import get_config, get_workload, num_tokens
+from ..models.layers import KNOWN_BACKENDS
 from ..stages import best_backend, get_stage, stage_order, uncompile
 from .flops import kernel_floor_s, wan_eval_flops
 from .timing import (attention_ceilings_tflops, cuda_time_ms, environment, gemm_ceiling_tflops, gib, sha256,
@@ -73,16 +74,26 @@ def profile_steps(run_step, n_steps: int, trace_path: Path, stage: str, warmup: 
 # -- T2V --------------------------------------------------------------------------------------------------------
 
 
-def measure_ceilings(label: str, heads: int, q_len: int, k_len: int, head_dim: int) -> dict:
-    """bf16 GEMM ceiling and every attention kernel at the workload's shape, on this GPU, now. Without CUDA
-    (bookkeeping tests only) unit placeholders stand in."""
+def measure_ceilings(label: str, heads: int, q_len: int, k_len: int, head_dim: int,
+                     text_len: int | None = None) -> dict:
+    """bf16 GEMM ceiling and every attention kernel at the workload's shapes (self-attention, and cross-attention
+    over text_len text tokens where given), on this GPU, now. Without CUDA (bookkeeping tests only) unit
+    placeholders stand in."""
     if not torch.cuda.is_available():
         return {"gemm_tflops": 1.0, "attention": {"flash": 1.0}, "attention_backend": "flash"}
     attn = attention_ceilings_tflops(heads, q_len, k_len, head_dim)
-    ceil = {"gemm_tflops": gemm_ceiling_tflops(), "attention": attn, "attention_backend": best_backend(attn),
+    ceil = {"gemm_tflops": gemm_ceiling_tflops(), "attention": attn,
             "attention_shape": [1, heads, q_len, k_len, head_dim]}
+    if text_len:
+        ceil["attention_cross"] = attention_ceilings_tflops(heads, q_len, text_len, head_dim)
+        ceil["attention_cross_shape"] = [1, heads, q_len, text_len, head_dim]
+        ceil["attention_cross_share"] = text_len / (k_len + text_len)  # of a block's attention FLOPs
+    ceil["attention_backend"] = best_backend(attn, ceil.get("attention_cross"), ceil.get("attention_cross_share", 0.0))
     print(f"[{label}] ceilings: GEMM {ceil['gemm_tflops']:.0f} TFLOP/s, attention "
-          f"{ {k: round(v) for k, v in attn.items() if isinstance(v, float)} } TFLOP/s", flush=True)
+          f"{ {k: round(v) for k, v in attn.items() if isinstance(v, float)} } TFLOP/s"
+          + (f", cross {ceil['attention_cross_shape'][3]} tokens "
+             f"{ {k: round(v) for k, v in ceil['attention_cross'].items() if isinstance(v, float)} }" if text_len else "")
+          + f"; picked {ceil['attention_backend']}", flush=True)
     return ceil
 
 
@@ -134,8 +145,14 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def capture(workload: str, stages="all", out="traces", checkpoint=None, seed: int = 0, profile: bool = True,
             peers: bool = False, compare_whole_compile: bool = False, allow_cpu: bool = False,
-            progress: bool = True) -> dict:
-    """Capture a workload (see module docstring). Returns the run summary also written to <out>/<workload>/."""
+            progress: bool = True, attention_backend: str | None = None) -> dict:
+    """Capture a workload (see module docstring). Returns the run summary also written to <out>/<workload>/.
+
+    attention_backend forces stage 05's kernel instead of the fastest measured (T2V): to try a newly installed
+    kernel through every later stage (compile, CUDA graphs) on the tiny workload before a long run.
+    """
+    if attention_backend is not None and attention_backend not in KNOWN_BACKENDS:
+        raise ValueError(f"unknown attention backend {attention_backend!r}; choose from {', '.join(KNOWN_BACKENDS)}")
     if not allow_cpu:
         require_cuda()
     wl = get_workload(workload)
@@ -143,7 +160,8 @@ def capture(workload: str, stages="all", out="traces", checkpoint=None, seed: in
         from .capture_mg2 import capture_mg2
 
         return capture_mg2(wl, stages, out, checkpoint, seed, profile, allow_cpu, progress)
-    return capture_t2v(wl, stages, Path(out), checkpoint, seed, profile, peers, compare_whole_compile, progress)
+    return capture_t2v(wl, stages, Path(out), checkpoint, seed, profile, peers, compare_whole_compile, progress,
+                       attention_backend)
 
 
 def _stage_list(stages, order) -> list[str]:
@@ -153,7 +171,8 @@ def _stage_list(stages, order) -> list[str]:
     return [get_stage(n.strip()).name for n in names if n.strip()]
 
 
-def capture_t2v(wl, stages, out: Path, checkpoint, seed, profile, peers, compare_whole_compile, progress) -> dict:
+def capture_t2v(wl, stages, out: Path, checkpoint, seed, profile, peers, compare_whole_compile, progress,
+                attention_backend=None) -> dict:
     from ..pipelines.t2v import WanT2V
 
     config = get_config(wl.config)
@@ -169,7 +188,8 @@ def capture_t2v(wl, stages, out: Path, checkpoint, seed, profile, peers, compare
                "stages_captured": wanted, "stages": {}, "peers": {}}
 
     # 1. Ceilings, on this GPU, in this run
-    summary["ceilings"] = ceil = measure_ceilings(wl.name, config.dit.num_heads, tokens, tokens, config.dit.head_dim)
+    summary["ceilings"] = ceil = measure_ceilings(wl.name, config.dit.num_heads, tokens, tokens, config.dit.head_dim,
+                                                   text_len=config.dit.text_len)
 
     # 2. The official pipeline, random weights at real size (or the checkpoint), offload on
     t0 = time.perf_counter()
@@ -200,7 +220,9 @@ def capture_t2v(wl, stages, out: Path, checkpoint, seed, profile, peers, compare
 
     # 5. Stages, cumulatively
     baseline_out, previous = None, None
-    options = {"05_attention": {"backend": ceil["attention_backend"]}}
+    if attention_backend is not None:  # forced: recorded, and the manifests' ceilings still say what was fastest
+        summary["attention_backend_forced"] = attention_backend
+    options = {"05_attention": {"backend": attention_backend or ceil["attention_backend"]}}
     bar = tqdm(plan, desc=f"{wl.name} stages", disable=not progress)
     for stage in bar:
         bar.set_postfix_str(stage.name)
@@ -369,8 +391,12 @@ def capture_stage(run: T2VRun, stage, folder: Path, summary: dict, baseline_out,
     step_flops = 2 * eval_flops["total"]
     attn_tflops = ceil["attention"][ceil["attention_backend"]]
     floor_s = 2 * kernel_floor_s(eval_flops, ceil["gemm_tflops"], attn_tflops)
-    err = 0.0 if baseline_out is None else rel_l2(output[1], baseline_out[1])
-    err_latents = 0.0 if baseline_out is None else rel_l2(output[0], baseline_out[0])
+    if stage.name == "00_baseline":
+        err = err_latents = 0.0
+    elif baseline_out is None:  # 00_baseline not captured in this run: nothing to compare with, so no number
+        err = err_latents = None
+    else:
+        err, err_latents = rel_l2(output[1], baseline_out[1]), rel_l2(output[0], baseline_out[0])
     tolerance = max(s.tolerance for s in plan[: plan.index(stage) + 1])  # errors add up along the stages
     m = {
         "workload": wl.name, "stage": stage.name, "title": stage.title, "run_id": summary["run_id"],
@@ -389,13 +415,17 @@ def capture_stage(run: T2VRun, stage, folder: Path, summary: dict, baseline_out,
         "peak_memory_gib": peak,
         "flops_per_step": step_flops, "flops_per_eval": eval_flops,
         "ceilings": {"gemm_tflops": ceil["gemm_tflops"], "attention_tflops": attn_tflops,
-                     "attention_backend": ceil["attention_backend"], "attention_all": ceil["attention"]},
+                     "attention_backend": ceil["attention_backend"], "attention_all": ceil["attention"],
+                     "attention_cross_all": ceil.get("attention_cross")},
         "attention_backend_used": getattr(pipe, "attention_backend", "flash"),
         "mfu": step_flops / (median / 1e3 * ceil["gemm_tflops"] * 1e12),
         "kernel_floor_ms": floor_s * 1e3, "kernel_floor_ratio": (median / 1e3) / floor_s,
         "error_vs_baseline": {"metric": "relative L2 of the guided velocity v_u + g(v_c - v_u) of one step, vs "
-                                        "00_baseline on the same inputs", "value": err, "tolerance": tolerance,
-                              "ok": err <= tolerance, "latents_relative_l2": err_latents},
+                                        "00_baseline on the same inputs"
+                                        + ("" if err is not None else " (not measured: capture 00_baseline in the "
+                                                                       "same run)"),
+                              "value": err, "tolerance": tolerance,
+                              "ok": None if err is None else err <= tolerance, "latents_relative_l2": err_latents},
         "speedup_vs_baseline": None, "speedup_vs_previous": None,
     }
     if baseline_out is not None:
@@ -578,6 +608,10 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
+def _sci(x) -> str:
+    return "n/a" if x is None else f"{x:.2e}"
+
+
 def print_table(summary: dict):
     rows = [f"{'stage':<18}{'step ms':>10}{'speedup':>9}{'MFU':>7}{'floor×':>8}{'mem GiB':>9}{'err':>10}"]
     for name, s in summary["stages"].items():
@@ -585,7 +619,7 @@ def print_table(summary: dict):
         mem = s.get("peak_memory_gib")
         rows.append(f"{name:<18}{s['timing']['median']:>10.1f}{sp:>9.2f}{s['mfu']:>7.2f}"
                     f"{s['kernel_floor_ratio']:>8.2f}{(mem if mem is not None else float('nan')):>9.1f}"
-                    f"{s['error_vs_baseline']['value']:>10.2e}")
+                    f"{_sci(s['error_vs_baseline']['value']):>10}")
     for label, p in summary.get("peers", {}).items():
         if isinstance(p, dict):
             rows.append(f"{label:<34}{p['timing']['median']:>10.1f} ms/step (compile {p['compile_s']:.0f} s)")

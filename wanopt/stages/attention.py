@@ -15,12 +15,23 @@ from __future__ import annotations
 from ..models.layers import KNOWN_BACKENDS
 
 
-def best_backend(ceilings: dict) -> str:
-    """The fastest kernel among those measured (ceilings: backend -> TFLOP/s or None when unavailable)."""
+def best_backend(ceilings: dict, cross: dict | None = None, cross_share: float = 0.0) -> str:
+    """The fastest kernel among those measured (ceilings: backend -> TFLOP/s at the self-attention shape, or None
+    where the kernel failed).
+
+    With `cross` (the same at the cross-attention shape, L × 512 text tokens) only kernels that ran at both shapes
+    compete, ranked by the time they would take on the model's mix: a `cross_share` of the attention FLOPs at the
+    cross shape, the rest at the self shape. One kernel serves both, so a kernel that fails at either is out.
+    """
     measured = {k: v for k, v in ceilings.items() if k in KNOWN_BACKENDS and v}
+    if cross is not None:
+        measured = {k: v for k, v in measured.items() if cross.get(k)}
     if not measured:
-        raise ValueError(f"no attention kernel was measured successfully: {ceilings}")
-    return max(measured, key=measured.get)
+        raise ValueError(f"no attention kernel was measured successfully at every shape: self {ceilings}"
+                         + (f", cross {cross}" if cross is not None else ""))
+    if cross is None or not 0.0 < cross_share < 1.0:
+        return max(measured, key=measured.get)
+    return min(measured, key=lambda k: (1.0 - cross_share) / measured[k] + cross_share / cross[k])
 
 
 def attention_kernel(pipe, backend: str = "cudnn"):
