@@ -213,7 +213,8 @@ def fa4_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     if not q.is_cuda:
         raise RuntimeError("attention backend 'fa4' runs on CUDA GPUs only (Hopper or newer); on the CPU use "
                            "backend='flash' (SDPA picks its CPU kernel)")
-    _fa4_kernel()  # fail here, with the fix, rather than inside a compiled graph
+    if not torch.compiler.is_compiling():  # eager calls (warm-up included) fail here, with the fix; Dynamo
+        _fa4_kernel()                       # need not trace the import
     return torch.ops.wanopt.fa4_attention(q, k, v)
 
 

@@ -88,12 +88,14 @@ def measure_ceilings(label: str, heads: int, q_len: int, k_len: int, head_dim: i
         ceil["attention_cross"] = attention_ceilings_tflops(heads, q_len, text_len, head_dim)
         ceil["attention_cross_shape"] = [1, heads, q_len, text_len, head_dim]
         ceil["attention_cross_share"] = text_len / (k_len + text_len)  # of a block's attention FLOPs
-    ceil["attention_backend"] = best_backend(attn, ceil.get("attention_cross"), ceil.get("attention_cross_share", 0.0))
-    print(f"[{label}] ceilings: GEMM {ceil['gemm_tflops']:.0f} TFLOP/s, attention "
-          f"{ {k: round(v) for k, v in attn.items() if isinstance(v, float)} } TFLOP/s"
-          + (f", cross {ceil['attention_cross_shape'][3]} tokens "
-             f"{ {k: round(v) for k, v in ceil['attention_cross'].items() if isinstance(v, float)} }" if text_len else "")
-          + f"; picked {ceil['attention_backend']}", flush=True)
+    ceil["attention_backend"] = best_backend(attn, ceil.get("attention_cross"),
+                                             ceil.get("attention_cross_share", 0.0))
+
+    def rates(d):
+        return {k: round(v) for k, v in d.items() if isinstance(v, float)}
+    cross = f", cross ({text_len} keys) {rates(ceil['attention_cross'])}" if text_len else ""
+    print(f"[{label}] ceilings: GEMM {ceil['gemm_tflops']:.0f} TFLOP/s, attention {rates(attn)}{cross} TFLOP/s; "
+          f"picked {ceil['attention_backend']}", flush=True)
     return ceil
 
 
@@ -149,7 +151,7 @@ def capture(workload: str, stages="all", out="traces", checkpoint=None, seed: in
     """Capture a workload (see module docstring). Returns the run summary also written to <out>/<workload>/.
 
     attention_backend forces stage 05's kernel instead of the fastest measured (T2V): to try a newly installed
-    kernel through every later stage (compile, CUDA graphs) on the tiny workload before a long run.
+    kernel through the later stages (compile, CUDA graphs) in a short run before a long one.
     """
     if attention_backend is not None and attention_backend not in KNOWN_BACKENDS:
         raise ValueError(f"unknown attention backend {attention_backend!r}; choose from {', '.join(KNOWN_BACKENDS)}")
