@@ -159,12 +159,12 @@ print(f"{A14B} profiled step by category: largest shift {shift.drop('total').abs
 # As predicted, batching buys nothing at real size. Launches halve, but the GPU was already busy almost all the
 # time: the host runs far ahead (the launch delay is in the hundreds of milliseconds or more), so there was no idle
 # time to win back. The work itself is the same. The batch-2 GEMMs pick another tile shape, and the attention calls
-# do twice the work each. The category sums shift by up to about a hundred milliseconds and largely cancel, in a
-# step of seconds.
+# do twice the work each. The category sums shift by up to about 170 ms and largely cancel (net +53 ms on A14B),
+# in a step of seconds.
 #
 # The guide's 1.8× is the launch-bound regime. On the tiny model, where the GPU is idle almost all of the time,
 # batching pays: the step is about a third shorter. Real-size video DiTs are not in that regime. What batching
 # does cost is memory: the activations of both samples live at once. On A14B that rules it out before dtype
-# hygiene. It stays in the sequence as a neutral step: within 1 % of the step before it either way (about the
+# hygiene. It stays in the sequence as a neutral step: within about 1 % of the step before it either way (about the
 # spread between the identical-work steps of notebook 02), it fits once dtype hygiene is in, and the later stages
 # (compile, CUDA graphs) then handle one forward per step instead of two.

@@ -172,14 +172,13 @@ verdict = verdict.join(pd.DataFrame(predicted).T.drop(columns="time MLP TFLOP pe
 verdict.round({"saved ms per step": 0, "predicted saving ms per step": 0, "speedup ×": 3, "predicted speedup ×": 3})
 
 # %% [markdown]
-# The prediction holds on both models, on A14B with a caveat on the timing. TF32 speeds up exactly the per-token
-# time MLP, by about the expected factor (465 → 65 GPU ms per step), and the profiled step loses what the
-# prediction said, about 400 ms of GPU kernel time, all of it in that GEMM. The timed medians show less: 296 ms,
-# 1.030× against the predicted 1.04×. The gap looks like step-to-step spread rather than work: the steps of
-# `01_no_offload` scatter by more than the gap (its profiled step is slower than all three timed ones, see the
-# table above). The step gains what the GEMM cost, three to four percent, and the timed 1.030× sits at the low end.
-# On the 1.3B model the time MLP is a single row and the step barely moves. On A14B the previous stage is exact, so
-# the velocity error of 6e-3 is TF32's own, under a third of the stage's tolerance.
+# The prediction holds on both models. TF32 speeds up exactly the per-token time MLP, by about the expected
+# factor (465 → 65 GPU ms per step), and the profiled step's GEMM time drops by about 400 ms, all of it in that
+# GEMM (the step's GPU kernel time drops 434 ms; the rest is a 25 ms, half-percent wobble in attention). The timed
+# medians agree: 406 ms saved, 1.041× against the predicted 391 ms and 1.04×, a difference well inside the
+# ~100 ms over which each stage's five steps scatter (table above). On the 1.3B model the time MLP is a single row
+# and the step does not move (0.999×). On A14B the previous stage is exact, so the velocity error of 6e-3 is
+# TF32's own, under a third of the stage's tolerance.
 #
 # The guide's 1.3× is not reachable from this switch alone. After TF32 the time MLP is a small share of the step,
 # and the remaining fp32 work (the per-token modulation, the fp32 residual) is elementwise, not GEMM, so TF32

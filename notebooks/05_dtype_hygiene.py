@@ -188,11 +188,12 @@ for s in ("03_tf32", STAGE):
 pd.DataFrame(calls).T.round(1)
 
 # %% [markdown]
-# Before the stage the calls scatter around one speed (60.7 to 65.9 ms, median 62.4), the first call among them.
-# After it the first call is as fast as the fastest before (60.4 ms), and every later one is slower than nearly
-# every call before (65.3 to 68.5 ms, median 65.9). The likely cause is clock: with the low-power elementwise passes
+# Before the stage the calls scatter around one speed (59.6 to 66.7 ms, median 61.1; the first call 58.8). After it
+# every call is slower than nearly every call before (the first 64.1 ms, the others 63.4 to 67.2, median 65.6).
+# The likely cause is clock: with the low-power elementwise passes
 # between them gone, the attention kernels run back to back and the GPU holds a lower clock. The trace has no clock
-# counters, so this stays a hypothesis. Stage `05_attention` (notebook 06) replaces this kernel anyway.
+# counters, so this stays a hypothesis. Stage `05_attention` (notebook 06) replaces this kernel anyway (with
+# FlashAttention-4 in these runs).
 
 # %% [markdown]
 # ## Verdict
@@ -213,12 +214,12 @@ for (w, s), r in velocity.iterrows():
     print(f"{w} {s}: velocity rel L2 {r['velocity rel L2']:.3f} (tolerance {r['tolerance']:g})")
 
 # %% [markdown]
-# On A14B the stage pays more than predicted: 1922 ms saved against 1703 (1.239× against 1.206×). On the 1.3B model
-# it pays less, 300 ms against 368. It is the largest gain of the stages so far. On A14B the elementwise passes and
+# On A14B the stage pays more than predicted: 1808 ms saved against 1702 (1.225× against 1.209×). On the 1.3B model
+# it pays less, 303 ms against 368. It is the largest gain of the stages so far. On A14B the elementwise passes and
 # casts shrink *more* than the §5.4 item list predicted, 2100 ms against 1637: copies and reductions that the list
 # leaves out (device-to-device copies, the fp32 reductions) go too, and the time MLP that TF32 left goes away
-# (GEMM −71 ms). On the 1.3B model they shrink by about the scaled prediction, 341 ms against 368. On both,
-# attention gives part of the gain back (+260 ms on A14B, +42 ms on the 1.3B model); on the 1.3B model that is
+# (GEMM −66 ms). On the 1.3B model they shrink by about the scaled prediction, 341 ms against 368. On both,
+# attention gives part of the gain back (+327 ms on A14B, +43 ms on the 1.3B model); on the 1.3B model that is
 # most of the shortfall against the prediction. Peak memory drops as well (69.3 → 57.2 GiB on A14B), because the
 # per-token fp32 tables and the fp32 residual are gone.
 #

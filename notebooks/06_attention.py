@@ -16,19 +16,24 @@
 #
 # **What changes** (`wanopt.stages.attention`, stage `05_attention`): every self- and cross-attention call runs
 # one named kernel instead of the baseline's FlashAttention-2, the kernel upstream falls back to when
-# FlashAttention-3 is not installed. The candidates are the SDPA backends (cuDNN, flash = FA2, memory-efficient)
-# and FlexAttention. Right before the workload, each capture run times every candidate on `[1, heads, L, 128]`
-# bf16, non-causal, at the workload's `L`, on the same GPU, and passes the fastest to the stage
+# FlashAttention-3 is not installed. The candidates are the SDPA backends (cuDNN, flash = FA2, memory-efficient),
+# FlexAttention, and FlashAttention-4 (`fa4`) where the `flash-attn-4` package is installed. Right before the
+# workload, each capture run times every candidate on the GPU it runs on, bf16, non-causal, at the workload's
+# self-attention shape `[1, heads, L, 128]` and, in runs that have `fa4`, also at the cross-attention shape
+# (L × 512 text tokens). The stage gets the kernel with the least time on the model's mix of the two
 # (`best_backend`). The math is the same up to each kernel's accumulation order (fp32 softmax statistics, bf16 in
 # and out).
+#
+# The two 480p runs were captured with FlashAttention-4 installed, and there the stage picked `fa4`. The 720p run
+# is older: FA4 was not installed, and its stages ran cuDNN.
 #
 # **Why**: self-attention is 52 % (A14B, 480p) to 72 % (A14B, 720p) of a forward's FLOPs, and notebook 01 showed
 # it is also most of a step's GPU time.
 #
 # **Prediction** (the stage docstring): cuDNN's kernel was measured at about 576 TFLOP/s against FA2's 365 at
-# L = 32,760, so attention time should drop by up to a third. Below, the same prediction is computed from the
-# ceilings measured in each run: new attention time = old attention time × (FA2 ceiling / chosen kernel's
-# ceiling), everything else unchanged.
+# L = 32,760, so attention time should drop by up to a third; a faster kernel, such as FA4, would cut more. Below,
+# the prediction is computed from the ceilings measured in each run: new attention time = old attention time ×
+# (FA2 ceiling / chosen kernel's ceiling), everything else unchanged.
 
 # %%
 from wanopt.profiling.notebook import setup
@@ -113,26 +118,49 @@ velocity.loc[[(w, s) for w, prev in cmp["previous stage"].items() for s in (prev
 # %% [markdown]
 # ### The kernels measured in each run
 # Isolated attention ceilings on `[1, heads, L, 128]` (TFLOP/s at 4·L²·d FLOPs), from each run's `capture.json`,
-# and the kernel the stage picked.
+# and the kernel the run passed to the stage (`attention_backend`; `fa4` is empty where it was not installed).
 
 # %%
 runs = {w: analysis.load_run(w) for w in WORKLOADS}
 ceil = pd.DataFrame({w: runs[w]["ceilings"]["attention"] for w in WORKLOADS}).T
 ceil["tokens L"] = [runs[w]["tokens"] for w in WORKLOADS]
 ceil["heads"] = [runs[w]["ceilings"]["attention_shape"][1] for w in WORKLOADS]
-ceil["picked"] = [best_backend(runs[w]["ceilings"]["attention"]) for w in WORKLOADS]
+ceil["picked"] = [runs[w]["ceilings"]["attention_backend"] for w in WORKLOADS]
 ceil["picked / flash"] = [ceil.loc[w, ceil.loc[w, "picked"]] / ceil.loc[w, "flash"] for w in WORKLOADS]
 ceil.round(2)
 
 # %% [markdown]
-# cuDNN wins at every real shape, by 1.5–1.6× over FA2. FlexAttention, compiled to Triton, comes second; the
-# memory-efficient kernel is far behind. (The `math` backend is not timed: it materialises the L×L scores.)
+# At the self-attention shape FA4 is the fastest kernel in both 480p runs, 1.86× FA2 and 1.19–1.25× cuDNN. cuDNN
+# comes next (1.48–1.57× FA2), then FlexAttention, compiled to Triton; the memory-efficient kernel is far behind.
+# The 720p run had no FA4, and there cuDNN wins, 1.61× FA2. (The `math` backend is not timed: it materialises the
+# L×L scores.)
+#
+# The runs with FA4 also timed the cross-attention shape (L × 512 text tokens). The stage's choice weighs both by
+# their share of the attention FLOPs; the last columns are each kernel's time on that mix relative to the picked
+# kernel's, recomputed here with `best_backend`:
+
+# %%
+mixed = [w for w in WORKLOADS if "attention_cross" in runs[w]["ceilings"]]
+cross = pd.DataFrame({w: runs[w]["ceilings"]["attention_cross"] for w in mixed}).T
+cross["cross share of FLOPs"] = [runs[w]["ceilings"]["attention_cross_share"] for w in mixed]
+for w in mixed:
+    c, share = runs[w]["ceilings"], cross.loc[w, "cross share of FLOPs"]
+    mix = {b: (1 - share) / c["attention"][b] + share / c["attention_cross"][b] for b in c["attention_cross"]}
+    cross.loc[w, "best_backend"] = best_backend(c["attention"], c["attention_cross"], share)
+    for b in ("cudnn", "fa4"):
+        cross.loc[w, f"{b} mix time / picked"] = mix[b] / mix[c["attention_backend"]]
+cross.round(3)
+
+# %% [markdown]
+# At the cross-attention shape cuDNN is the faster kernel, but cross-attention is only about 1.5 % of the
+# attention FLOPs, so FA4 still takes the least time on the mix and `best_backend` agrees with the pick.
 #
 # ### Attention FLOPs against attention time, inside the model
 # Attention kernel time per step from the trace (category `attention`: self- and cross-attention kernels) against
 # the attention FLOPs of the step (`flops_per_eval["attention"]` × 2 CFG evals, from the manifest), next to the
-# isolated ceiling of the kernel that ran. The 720p run did not capture this stage; its baseline (first profiled
-# step, two sequential FA2 forwards) and `06_fusion` (cuDNN, batched) show the same two kernels at 720p.
+# isolated self-attention ceiling of the kernel that ran (`attention_backend_used` in the manifest). The 720p run
+# did not capture this stage; its baseline (first profiled step, two sequential FA2 forwards) and `06_fusion`
+# (cuDNN, batched) show FA2 and cuDNN at 720p.
 
 # %%
 PAIRS = {"t2v-1.3b-480p": ("04_dtype_hygiene", STAGE), "t2v-a14b-480p": ("02_batched_cfg", STAGE),
@@ -156,11 +184,10 @@ in_model = in_model.set_index(["workload", "stage"])
 in_model.round(2)
 
 # %% [markdown]
-# In the model FA2 runs at 0.92–1.02 of its isolated rate and cuDNN at 0.94–1.05. Above 1 the isolated measurement
-# undersold the kernel. The 720p baseline runs exactly the isolated shape (batch 1, 40 heads) and still lands at
-# 1.02, so a few percent either way is the spread between the ceiling measurement and the model's steps. cuDNN's
-# 1.05 on the 1.3B model may add the batch (the ceiling times 12 heads at batch 1; the model, after batched CFG,
-# runs batch 2); these runs do not separate the two.
+# In the model FA2 runs at 0.94–1.02 of its isolated rate, FA4 at 0.99–1.01 (480p) and cuDNN at 1.00 (720p):
+# about 680 TFLOP/s for FA4 inside both 480p models. Above 1 the isolated measurement undersold the kernel. The
+# 720p baseline runs exactly the isolated shape (batch 1, 40 heads) and still lands at 1.02, so a few percent
+# either way is the spread between the ceiling measurement and the model's steps.
 #
 # ### The prediction, from the ceilings, against the measurement
 
@@ -202,20 +229,22 @@ diff["Δ %"] = (100 * diff["Δ ms"] / before_ms.where(before_ms > 0)).round(1)
 diff
 
 # %% [markdown]
-# One kernel was swapped for another: FA2's `flash_fwd_kernel` out, cuDNN's `sdpa … flash_fprop_wgmma` in, with
-# the same number of calls (self- and cross-attention in each block). Every other kernel keeps its name and its
-# count, yet with the same shapes the GEMMs take longer: 1–2 % per kernel at A14B (30 ms per step in the category
-# table), 11 ms of 215 on the 1.3B model, whose elementwise kernels also take 9 ms more (of 164). That gives back a
-# small part of the gain. The trace cannot say why (it records no clocks or power); a lower clock
-# while the faster attention kernel keeps the tensor cores busier is a plausible cause, not a measured one.
+# One kernel was swapped for another: FA2's `flash_fwd_kernel` out, FA4's CuTe DSL kernel
+# (`kernel_cutlass_kernel_flash_attncute…flash_fwd_sm90…`) in, with the same number of calls (self- and
+# cross-attention in each block). Every other kernel keeps its name and its count, yet with the same shapes the
+# GEMMs take longer: 3–7 % on the two largest GEMM kernels at A14B (84 ms per step in the category table), 17 ms
+# of 213 on the 1.3B model, whose elementwise kernels also take 12 ms more (of 162). That gives back a small part
+# of the gain. The trace cannot say why (it records no clocks or power); a lower clock while the faster attention
+# kernel keeps the tensor cores busier is a plausible cause, not a measured one.
 
 # %% [markdown]
-# ## A faster kernel outside these runs: FlashAttention-4
+# ## FlashAttention-4: the standalone benchmark as a cross-check
 # FlashAttention-3 ships no wheel. FlashAttention-4 (`flash-attn-4` 4.0.0b36 on PyPI: CuTe DSL kernels, with a
-# Hopper path) installs from wheels, so after these runs it was carried to the same kind of H100 and timed on its
-# own against the two SDPA kernels, at each T2V workload's self-attention shape (`[1, L, heads, 128]`, bf16,
-# non-causal, median over batches of calls). That log is committed (`traces/logs/fa4_bench.txt`); it is a separate
-# measurement, not a stage run, so its numbers compare with each other only.
+# Hopper path) installs from wheels. Before the 480p runs were captured with it, it was timed on its own on the
+# same kind of H100 against the two SDPA kernels, at each T2V workload's self-attention shape
+# (`[1, L, heads, 128]`, bf16, non-causal, median over batches of calls). That log is committed
+# (`traces/logs/fa4_bench.txt`). It is a separate session, not a stage run: here it checks the runs' own ceilings,
+# and for the 720p run, which ran cuDNN, it is the only FA4 measurement at its shape.
 
 # %%
 import re
@@ -233,25 +262,53 @@ print(open(analysis.TRACES / "logs" / "fa4_bench.txt").readline().strip())
 fa4
 
 # %% [markdown]
-# FlashAttention-4 is faster than cuDNN at every shape, by the factor in the last column, and agrees with it as
-# closely as FA2 does (relative L2 in the log, bf16 rounding). wanopt now measures it as the `fa4` candidate
-# wherever the package is installed (`wanopt.models.layers.fa4_attention`, a custom op, so that torch.compile and
-# CUDA graphs take its launch as one call), at the cross-attention shape (L × 512 text tokens) as well as the
-# self-attention one: a capture's `05_attention` picks the kernel with the least time on the model's mix among
-# those that run at both. What FA4 would buy per step, if attention time in the fastest stage shrank by that
-# factor and nothing else changed (an estimate, not a measurement):
+# The same kernels in the stage runs: each run's isolated ceilings at the same shape, and FA4's rate inside the
+# model at `05_attention` (from the table above; empty where the run had no FA4):
+
+# %%
+check = pd.DataFrame({
+    "standalone fa4": fa4["fa4"],
+    "run ceiling fa4": [runs[w]["ceilings"]["attention"].get("fa4") for w in fa4.index],
+    "in-model fa4": [in_model.loc[w].query("kernel == 'fa4'")["in-model TFLOP/s"].max() for w in fa4.index],
+    "standalone cudnn": fa4["cudnn"],
+    "run ceiling cudnn": [runs[w]["ceilings"]["attention"].get("cudnn") for w in fa4.index],
+}, index=fa4.index).astype(float)
+check["standalone fa4 / cudnn ×"] = fa4["fa4 / cudnn ×"]
+check["run fa4 / cudnn ×"] = check["run ceiling fa4"] / check["run ceiling cudnn"]
+check.round(2)
+
+# %% [markdown]
+# The standalone benchmark and the runs agree to a few percent on each kernel: FA4 at 666 and 659 TFLOP/s
+# standalone, 674 and 685 in the runs' ceilings, about 680 inside the models; cuDNN 2–3 % lower in the runs than
+# standalone. So the runs see a larger FA4 lead over cuDNN (1.19× and 1.25×) than the standalone log (1.15× and
+# 1.17×). Both agree with FA4 to bf16 rounding (relative L2 in the log).
+#
+# The fastest stage of each workload, with the kernel it ran and the attention rate inside it. In the two 480p
+# runs FA4 already runs there; only where the fastest stage ran cuDNN (the 720p run) is there a gain left to
+# estimate: attention time shrunk by the standalone fa4 / cudnn factor at that shape, nothing else changed (an
+# estimate, not a measurement).
 
 # %%
 rows = []
 for w in fa4.index:
     last = analysis.stage_table(w)["step ms"].idxmin()
-    k = analysis.kernels(analysis.load_trace(w, last))
-    step_ms = analysis.load_manifest(w, last)["timing"]["median"]
-    attn_ms = analysis.category_breakdown(k).loc["attention", "ms"]
-    saved = attn_ms * (1 - 1 / fa4.loc[w, "fa4 / cudnn ×"])
-    rows.append({"workload": w, "fastest stage": last, "step ms": step_ms, "attention ms": attn_ms,
-                 "step ms with fa4 (est.)": step_ms - saved, "× (est.)": step_ms / (step_ms - saved)})
+    m = analysis.load_manifest(w, last)
+    attn_ms = analysis.category_breakdown(analysis.kernels(analysis.load_trace(w, last))).loc["attention", "ms"]
+    row = {"workload": w, "fastest stage": last, "kernel": m["attention_backend_used"],
+           "step ms": m["timing"]["median"], "attention ms": attn_ms,
+           "attention TFLOP/s": 2 * m["flops_per_eval"]["attention"] / attn_ms / 1e9}
+    if row["kernel"] == "cudnn":  # no FA4 in this run: scale its attention by the standalone factor
+        saved = attn_ms * (1 - 1 / fa4.loc[w, "fa4 / cudnn ×"])
+        row.update({"step ms with fa4 (est.)": row["step ms"] - saved,
+                    "× (est.)": row["step ms"] / (row["step ms"] - saved)})
+    rows.append(row)
 pd.DataFrame(rows).set_index("workload").round(2)
+
+# %% [markdown]
+# In the compiled 480p stages FA4 runs at 678 and 658 TFLOP/s of attention (682 and 676 at `05_attention`). At 720p
+# the estimate is 1.14× on the fastest stage. At 480p the standalone factor (1.15–1.17×) was below the one the runs
+# measured for their own ceilings (1.19–1.25×), so the 720p estimate may be on the low side; only a 720p capture
+# with FA4 installed would measure it.
 
 # %% [markdown]
 # ## Verdict
@@ -261,27 +318,28 @@ for w, r in prediction.iterrows():
     attn = in_model.loc[(w, STAGE)]
     print(f"{w}: attention {r['attention ms before']:.0f} -> {r['measured after']:.0f} ms per step "
           f"(predicted {r['predicted after']:.0f}); step {r['measured speedup ×']:.2f}x faster "
-          f"(predicted {r['predicted speedup ×']:.2f}x); cuDNN in the model at "
+          f"(predicted {r['predicted speedup ×']:.2f}x); {attn['kernel']} in the model at "
           f"{100 * attn['in-model / isolated']:.0f} % of its isolated rate")
 for w, (before, after) in PAIRS.items():
     b, a = in_model.loc[(w, before)], in_model.loc[(w, after)]
-    print(f"{w}: in the model cuDNN ({after}) runs at {a['in-model TFLOP/s'] / b['in-model TFLOP/s']:.2f}x FA2's "
-          f"rate ({before}); attention is {b['% of kernel time']:.0f} % of {before}'s kernel time")
+    print(f"{w}: in the model {a['kernel']} ({after}) runs at {a['in-model TFLOP/s'] / b['in-model TFLOP/s']:.2f}x "
+          f"{b['kernel']}'s rate ({before}); attention is {b['% of kernel time']:.0f} % of {before}'s kernel time")
 for w, prev in cmp["previous stage"].items():
     print(f"{w} velocity error vs the baseline: {velocity.loc[(w, prev), 'velocity rel L2']:.3f} after {prev}, "
           f"{velocity.loc[(w, STAGE), 'velocity rel L2']:.3f} after {STAGE} "
           f"(tolerance {velocity.loc[(w, STAGE), 'tolerance']:g})")
 
 # %% [markdown]
-# **It paid, as predicted, and on the 1.3B model more.** The whole gain is the attention kernel: the trace diff
-# shows one kernel swapped, and the measured step lands on the prediction made from the isolated ceilings alone at
-# A14B (1.33x against 1.32x) and beats it on the 1.3B model (1.38x against 1.33x), where cuDNN ran in the model
-# faster than its isolated ceiling (105 %); the slightly slower GEMMs and elementwise kernels (see above) take back
-# a small part. Inside the model cuDNN runs close to its isolated rate at these shapes; what is left in the
-# attention kernel itself is the gap to FlashAttention-4, measured above outside the stage runs. The error does
-# not move: on both workloads the velocity error is the previous stage's to three digits (0.029 and 0.032).
+# **It paid, as predicted.** In both 480p runs the stage picked FlashAttention-4, and the whole gain is the
+# attention kernel: the trace diff shows one kernel swapped, attention time roughly halves (1160 → 589 ms per step
+# on the 1.3B model, 5167 → 2641 at A14B), and the measured step lands on the prediction made from the isolated
+# ceilings alone (1.52x against 1.52x on the 1.3B model, 1.43x against 1.42x at A14B). Attention came out a little
+# shorter than predicted, and the slightly slower GEMMs and elementwise kernels (see above) took back most of
+# that. Inside the model FA4 runs at its isolated rate (99–101 %), about 1.96x FA2's in-model rate. The error
+# does not move: on both workloads the velocity error is the previous stage's to three digits (0.029 and 0.032).
 #
 # At 720p attention is 68 % of the kernel time already in the baseline, whose reference numerics still carry the
-# elementwise work that dtype hygiene removes (A14B 480p after it: 65 %), and in the model cuDNN runs at 1.57x
-# FA2's rate there against 1.63–1.64x at 480p. The gain at 720p should therefore be about as large as at 480p; it
-# was not timed as a separate stage (the 720p run times `00_baseline` and `06_fusion` to `08_cuda_graphs`).
+# elementwise work that dtype hygiene removes (A14B 480p after it: 64 %). That run is older and ran cuDNN, which in
+# the model runs at 1.57x FA2's rate there, against FA4's 1.96–1.97x at 480p. Its gain from this stage should
+# therefore be smaller than at 480p; it was not timed as a separate stage (the 720p run times `00_baseline` and
+# `06_fusion` to `08_cuda_graphs`), and FA4 at 720p is only the estimate above.

@@ -227,13 +227,14 @@ analysis.trace_diff(W, "05_attention", STAGE).drop(index="Stream Sync", errors="
 # What the diff shows: the eager `vectorized_layer_norm_kernel`s go (one is left, outside the blocks), the generic
 # `elementwise_kernel` calls drop by more than half, the two Triton kernels come in; the GEMM calls are regrouped
 # (one QKV GEMM with another tile shape in place of three) at about the same total time, and attention moves by
-# about 1 %: the same cuDNN kernel on the same shapes.
+# 1–2 %: the same FA4 kernel on the same shapes.
 #
 # ## 720p: baseline → fusion
 # The 720p run has no capture between the baseline and this stage, so this is stages 1–6 at once: both experts
-# resident, batched CFG, TF32, dtype hygiene, cuDNN attention and fusion. The baseline trace holds two steps (a
-# normal one and the expert switch); the timeline, the category diff and HTA's TraceDiff all use the first profiled
-# step of each trace, a normal step on the high-noise expert in both.
+# resident, batched CFG, TF32, dtype hygiene, cuDNN attention and fusion. (This 720p run is older than the 480p
+# ones and predates FA4 here: its attention is cuDNN, where the 480p runs use FA4.) The baseline trace holds two
+# steps (a normal one and the expert switch); the timeline, the category diff and HTA's TraceDiff all use the first
+# profiled step of each trace, a normal step on the high-noise expert in both.
 
 # %%
 fig = report.step_timelines("t2v-a14b-720p", "00_baseline", STAGE)
@@ -269,7 +270,7 @@ print(f"RMSNorm + RoPE kernel at {rope:.2f} TB/s against {plain:.2f} TB/s withou
 
 # %% [markdown]
 # **It paid, about as predicted.** At 480p the stage removes the eager elementwise passes and casts around the GEMMs:
-# the block's elementwise time more than halves, the GEMMs and attention stay where they were, and peak memory is flat
+# the block's elementwise time more than halves, the GEMMs and attention stay within 2 %, and peak memory is flat
 # (the separate q/k/v weights are freed). The docstring's "a few ms per block" was counted for one sample (335 MB per
 # pass); the batched forward moves two samples per pass, which doubles it. The step gain is modest because after stage
 # 5 these passes were already a small share of the step; both 480p workloads move closer to their kernel floor, where

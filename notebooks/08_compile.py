@@ -88,9 +88,10 @@ for w in WORKLOADS:
 pd.DataFrame(rows).set_index(["workload", "compile"]).round(1)
 
 # %% [markdown]
-# Whole-model and regional compile give the same step time: nothing Inductor could fuse across block boundaries
-# is worth anything next to GEMMs and attention. Both compiles are cold: the whole model took over 40 s, the
-# regional one 2–3 s at every size, one block compiled once and reused by all 30 or 40 blocks (and both experts).
+# Whole-model and regional compile give about the same step time (timed both ways at 1.3B only: 0.5 % apart, the
+# order of the drift between stages): little that Inductor could fuse across block boundaries is worth anything
+# next to GEMMs and attention. Both compiles are cold: the whole model took over 40 s, the regional one 2–3 s at
+# every size, one block compiled once and reused by all 30 or 40 blocks (and both experts).
 #
 # ## Did it pay? Block 5 before and after (A14B expert, 480p)
 
@@ -228,9 +229,9 @@ generated.groupby("short_name")["dur"].agg(calls="size", median_us="median", ms=
 #   casts and adds of the modulation rows it uses (Inductor's kernel names list the ops they fuse);
 # - `triton_poi_fused_add_view_3`: the cross-attention residual add, one pass like the ATen add it replaces
 #   (`CUDAFunctor_add` in the GPU-side diff above, about the same time);
-# - `triton_poi_fused_gelu_view_6`: **GELU is still its own pass** over the L × 13,824 FFN activation, as long as
-#   the eager GELU kernel it replaces. Inductor does not fuse a pointwise op into a cuBLAS GEMM's epilogue in its
-#   default mode; only its own Triton GEMM templates (max-autotune) could.
+# - `triton_poi_fused_gelu_view_6`: **GELU is still its own pass** over the L × 13,824 FFN activation, about as
+#   long as the eager GELU kernel it replaces. Inductor does not fuse a pointwise op into a cuBLAS GEMM's epilogue
+#   in its default mode; only its own Triton GEMM templates (max-autotune) could.
 #
 # ## Verdict
 
@@ -252,11 +253,13 @@ for w in WORKLOADS:
 # %% [markdown]
 # **It barely pays, as predicted.** With the stage-6 kernels as custom ops, compile no longer slows them (same
 # registers, same time), and what is left is the predicted small gain: Inductor's fusion of the remaining
-# elementwise work saves under 1 % of the step at every size. The measured steps gain that much or less, within
-# the drift of the kernels Inductor does not touch: at A14B-480p the GEMM and attention kernels of the
-# compiled step took about as much longer as the fusion saved, the same kernels on the same shapes (between
-# stages of one run their time moves by up to about 1 %, up or down, see notebooks 07 and 09; the traces do not
-# say why). After stages 5 and 6 the step is GEMMs and attention, and whole-model compile buys nothing over
-# regional. Peak memory is lower under compile at every size, a side benefit whose cause these traces cannot show
-# (they record no allocations). At a cold regional compile of a few seconds per process the stage costs little
-# and may be kept, but it is not where the time is.
+# elementwise work saves about 1 % of the step or less (1.1 % at 1.3B, 0.9 % at A14B-480p, 0.5 % at 720p). The
+# measured steps gain about that much: 1.3 % at 1.3B (its GEMM and attention kernels also came out a few ms
+# faster), and at A14B 0.6 % and 0.4 %, less than the fusion saved, within the drift of the kernels Inductor does
+# not touch: at A14B-480p the GEMM and attention kernels of the compiled step took 29 ms longer, more than half of
+# the 47 ms the fusion saved, the same kernels on the same shapes (between stages of one run their time moves by up
+# to about 2 %, up or down, see notebooks 07 and 09; the traces do not say why). After stages 5 and 6 the step is
+# GEMMs and attention, and whole-model compile buys at most 0.5 % over regional (1.3B) for about 20 times the
+# compile time. Peak memory is lower under compile at every size, a side benefit whose cause these traces cannot
+# show (they record no allocations). At a cold regional compile of a few seconds per process the stage costs
+# little and may be kept, but it is not where the time is.

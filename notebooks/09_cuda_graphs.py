@@ -85,8 +85,10 @@ capture.round(1)
 #
 # ## Launches: what the graph removes
 # The host-side launch calls in one profiled step, before and after (from the trace's CUDA runtime and driver
-# events). Stage 7 launches ATen kernels with `cudaLaunchKernel`, Triton kernels with `cuLaunchKernel(Ex)`; the
-# graph replaces all of the forward's launches with one `cudaGraphLaunch`.
+# events). In stage 7 the ATen kernels go through `cudaLaunchKernel`; the Triton kernels (Inductor's, stage 6's) and
+# the cuBLAS GEMMs through the driver's `cuLaunchKernel(Ex)`; attention through `cudaLaunchKernelExC` for FA4
+# (480p) and `cuLaunchKernelEx` for cuDNN (the older 720p run). The graph replaces all of the forward's launches
+# with one `cudaGraphLaunch`.
 
 # %%
 def host_launches(a):
@@ -101,11 +103,12 @@ pd.concat({w: pd.concat({s: host_launches(traces[(w, s)]) for s in (PREV, STAGE)
            for w in WORKLOADS}, axis=1).fillna(0).astype(int)
 
 # %% [markdown]
-# HTA's launch statistics, before and after. HTA pairs kernels with `cudaLaunchKernel` calls only, so the Triton
-# kernels of stage 7 and the graph's kernels are not in them; what remains after the graph are the few ATen
-# launches outside it (CFG concat and split, the scheduler step). The telling row is the median launch delay
-# before: the host enqueues kernels from a third of a second (1.3B) to seconds (A14B) ahead of the GPU, so the
-# launch cost is hidden behind the GPU's work.
+# HTA's launch statistics, before and after. HTA pairs kernels only with `cudaLaunchKernel` and
+# `cudaLaunchKernelExC` calls (and async memcpy and memset), so the Triton kernels and GEMMs of stage 7 and the
+# graph's kernels are not in them (FA4's attention kernels at 480p are, cuDNN's at 720p are not); what remains after
+# the graph are the few ATen launches outside it (CFG concat and split, the scheduler step). The telling row is the
+# median launch delay before: the host enqueues kernels from a quarter of a second (1.3B) to seconds (A14B) ahead of
+# the GPU, so the launch cost is hidden behind the GPU's work.
 
 # %%
 pd.concat({w: pd.concat({s: analysis.launch_stats(traces[(w, s)])["value"] for s in (PREV, STAGE)}, axis=1)
@@ -183,9 +186,9 @@ mg2_idle = analysis.temporal_breakdown(mg2).loc["idle", "percent"]
 print(f"mg2-universal baseline: GPU idle {mg2_idle:.1f} % of the trace")
 
 # %% [markdown]
-# **It did not pay, as predicted.** At T2V scale the GPU is idle for well under 1 % of a step, the host runs from a
-# third of a second to seconds ahead of the GPU, and the graph removes every launch of the forward without changing a
-# single kernel. What it could save is bounded by that idle time, a few ms to a few tens of ms per step; the measured
+# **It did not pay, as predicted.** At T2V scale the GPU is idle for under 1 % of a step, the host runs from a
+# quarter of a second to seconds ahead of the GPU, and the graph removes every launch of the forward without changing
+# a single kernel. What it could save is bounded by that idle time, about 9 to 26 ms per step; the measured
 # step moved by under 1 % either way at all three sizes, within the variation of the kernels themselves (the category
 # diff moves by amounts of the same order, the same kernels on the same data). Add the capture cost of about two steps
 # per shape and the static-shape constraint (peak memory did come out lower at every size, which these traces cannot

@@ -245,3 +245,14 @@ def test_unknown_workload_and_stage_are_named():
 
 def test_frames_are_tidy():
     assert isinstance(analysis.stage_table("t2v-a14b-480p"), pd.DataFrame)
+
+
+def test_attention_kernels_get_names_that_say_which_flashattention():
+    """FA4's CuTe DSL kernel contains `flash_fwd` like FA2's; the label must not call it FA2."""
+    from wanopt.profiling.analysis import short_kernel_name
+
+    fa4 = ("kernel_cutlass_kernel_flash_attncuteflash_fwd_sm90FlashAttentionForwardSm90_object_at__tensor0000o1110"
+           "1213_None_None__0")
+    fa2 = "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4, false, false, cutlass::bfloat16_t>>"
+    assert short_kernel_name(fa4) == "flash_fwd_sm90 (FA4)"
+    assert short_kernel_name(fa2) == "flash_fwd (FA2)"

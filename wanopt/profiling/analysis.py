@@ -131,6 +131,8 @@ def short_kernel_name(name: str, limit: int = 60) -> str:
         return (head.group(1) if head else name)[:limit]
     if name.startswith("cudnn_generated") and "sdpa" in name:
         return "cudnn sdpa " + ("fprop" if "fprop" in name else "")
+    if "flash_attncute" in name and "flash_fwd" in name:  # FlashAttention-4's CuTe DSL kernel
+        return "flash_fwd_sm90 (FA4)" if "sm90" in name else "flash_fwd (FA4)"
     if "flash_fwd" in name:
         return "flash_fwd (FA2)"
     return name.replace("void ", "")[:limit]
