@@ -3,6 +3,7 @@ Triton kernels against their eager references (Triton's CPU interpreter), and th
 
 import copy
 import importlib
+import importlib.util
 
 import pytest
 import torch
@@ -249,6 +250,9 @@ def test_fa4_backend_is_accepted_and_says_what_it_needs():
     q = torch.randn(1, 8, 2, 16)
     with pytest.raises(RuntimeError, match="CUDA GPUs only"):
         attention(q, q, q, "fa4")
+    if importlib.util.find_spec("flash_attn") is None:  # CI: the op itself names the package to install
+        with pytest.raises(RuntimeError, match="pip install --pre flash-attn-4"):
+            torch.ops.wanopt.fa4_attention(q, q, q)
 
 
 def test_triton_kernels_are_well_formed_custom_ops():

@@ -213,9 +213,7 @@ def fa4_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     if not q.is_cuda:
         raise RuntimeError("attention backend 'fa4' runs on CUDA GPUs only (Hopper or newer); on the CPU use "
                            "backend='flash' (SDPA picks its CPU kernel)")
-    if not torch.compiler.is_compiling():  # eager calls (warm-up included) fail here, with the fix; Dynamo
-        _fa4_kernel()                       # need not trace the import
-    return torch.ops.wanopt.fa4_attention(q, k, v)
+    return torch.ops.wanopt.fa4_attention(q, k, v)  # a missing package is reported by the op, with the fix
 
 
 def _fa4_kernel():
@@ -254,6 +252,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str | 
 ATTENTION_BACKENDS = (*SDPA_BACKENDS, "flex")  # what torch itself ships
 EXTERNAL_BACKENDS = ("fa4",)  # kernels from packages of their own, used where installed
 KNOWN_BACKENDS = (*ATTENTION_BACKENDS, *EXTERNAL_BACKENDS)
+
+
+def check_attention_backend(backend: str) -> str:
+    """The name itself, or a ValueError that lists the names wanopt knows."""
+    if backend not in KNOWN_BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose from {', '.join(KNOWN_BACKENDS)}")
+    return backend
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_lens: torch.Tensor | None = None,
@@ -301,6 +306,7 @@ def param_count(module: nn.Module) -> int:
 __all__ = [
     "AutocastLinear", "set_compute_dtype", "fp32_island", "WanRMSNorm", "WanLayerNorm", "sinusoidal_embedding_1d",
     "rope_params", "rope_table", "rope_split", "rope_apply", "sdpa", "varlen_attention", "attention_flops",
-    "SDPA_BACKENDS", "ATTENTION_BACKENDS", "EXTERNAL_BACKENDS", "KNOWN_BACKENDS", "attention", "fa4_attention",
+    "SDPA_BACKENDS", "ATTENTION_BACKENDS", "EXTERNAL_BACKENDS", "KNOWN_BACKENDS", "check_attention_backend",
+    "attention", "fa4_attention",
     "flex_attention_bhsd", "AutocastConv3d", "param_count",
 ]

@@ -25,7 +25,7 @@ from torch.profiler import record_function
 
 from ..configs import WanConfig
 from .layers import (AutocastConv3d, AutocastLinear, WanLayerNorm, WanRMSNorm, fp32_island, rope_apply, rope_table,
-                     sinusoidal_embedding_1d, varlen_attention, KNOWN_BACKENDS)
+                     check_attention_backend, sinusoidal_embedding_1d, varlen_attention)
 
 
 class WanSelfAttention(nn.Module):
@@ -203,8 +203,7 @@ class WanModel(nn.Module):
                              f"prompt to {c.text_len} tokens, as upstream's tokenizer does")
 
     def set_attention_backend(self, backend: str) -> "WanModel":
-        if backend not in KNOWN_BACKENDS:
-            raise ValueError(f"unknown attention backend {backend!r}; choose from {', '.join(KNOWN_BACKENDS)}")
+        check_attention_backend(backend)
         for m in self.modules():
             if hasattr(m, "attn_backend"):
                 m.attn_backend = backend

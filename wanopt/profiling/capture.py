@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from ..configs import get_config, get_workload, num_tokens
-from ..models.layers import KNOWN_BACKENDS
+from ..models.layers import check_attention_backend
 from ..stages import best_backend, get_stage, stage_order, uncompile
 from .flops import kernel_floor_s, wan_eval_flops
 from .timing import (attention_ceilings_tflops, cuda_time_ms, environment, gemm_ceiling_tflops, gib, sha256,
@@ -153,8 +153,8 @@ def capture(workload: str, stages="all", out="traces", checkpoint=None, seed: in
     attention_backend forces stage 05's kernel instead of the fastest measured (T2V): to try a newly installed
     kernel through the later stages (compile, CUDA graphs) in a short run before a long one.
     """
-    if attention_backend is not None and attention_backend not in KNOWN_BACKENDS:
-        raise ValueError(f"unknown attention backend {attention_backend!r}; choose from {', '.join(KNOWN_BACKENDS)}")
+    if attention_backend is not None:
+        check_attention_backend(attention_backend)
     if not allow_cpu:
         require_cuda()
     wl = get_workload(workload)
