@@ -118,9 +118,10 @@ def test_triton_norm_modulate_matches_eager():
 
 
 def test_triton_rmsnorm_rope_matches_eager_on_a_fused_qkv_view():
+    """3 heads: the pair block (192 pairs) is padded to 256, so the mask must hold."""
     from wanopt.stages.fusion import triton_qk_norm_rope
 
-    heads, hd, grid = 2, 128, (2, 3, 4)
+    heads, hd, grid = 3, 128, (2, 3, 4)
     qkv = _bf16(2, 24, 3 * heads * hd)
     k = qkv.chunk(3, dim=-1)[1]  # strided rows, as the fused projection hands them over
     assert not k.is_contiguous()
@@ -146,6 +147,23 @@ def test_fusion_frees_the_separate_projections_and_keeps_the_math(prompts):
     assert sum(p.numel() for p in model.parameters()) == n_params  # q,k,v gone, qkv in their place
     assert not hasattr(model.blocks[0].self_attn, "q") and hasattr(model.blocks[0].self_attn, "qkv")
     assert rel_l2(model(x, t, ctx), before) < 1e-2  # bf16 kernels round once where eager rounds per op
+
+
+def test_gelu_epilogue_ffn_keeps_the_modules_and_checkpoint_keys():
+    """Stage 6 swaps the FFN's class only: same modules, same state-dict keys, and off the GPU the same output (the
+    epilogue itself is checked on the GPU: tests/test_gpu.py, and the capture's error against the baseline)."""
+    from wanopt.stages.fusion import GeluEpilogueFFN, fuse_model
+
+    model = lean_model(build_wan(TINY.dit, dtype=torch.bfloat16, seed=4))
+    keys = list(model.state_dict())
+    x = torch.randn(1, 10, TINY.dit.dim, dtype=torch.bfloat16)
+    before = model.blocks[0].ffn(x)
+    fuse_model(model)
+    assert isinstance(model.blocks[0].ffn, GeluEpilogueFFN)
+    assert [k for k in model.state_dict() if ".ffn." in k] == [k for k in keys if ".ffn." in k]
+    assert torch.equal(model.blocks[0].ffn(x), before)
+    plain = fuse_model(lean_model(build_wan(TINY.dit, dtype=torch.bfloat16, seed=4)), gelu_epilogue=False)
+    assert type(plain.blocks[0].ffn) is torch.nn.Sequential
 
 
 def test_regional_compile_on_cpu_matches_eager(prompts):

@@ -192,6 +192,13 @@ def capture_t2v(wl, stages, out: Path, checkpoint, seed, profile, peers, compare
     # 1. Ceilings, on this GPU, in this run
     summary["ceilings"] = ceil = measure_ceilings(wl.name, config.dit.num_heads, tokens, tokens, config.dit.head_dim,
                                                    text_len=config.dit.text_len)
+    if torch.cuda.is_available() and any(s.name == "06_fusion" for s in plan):
+        from ..stages.fusion import gelu_epilogue_timings
+
+        # stage 6's FFN at the batched-CFG shape: GELU in the GEMM epilogue only where it measures faster here
+        summary["ffn_gelu"] = gelu_epilogue_timings(2 * tokens, config.dit.dim, config.dit.ffn_dim)
+        print(f"[{wl.name}] FFN up + GELU: separate {summary['ffn_gelu']['separate_ms']:.2f} ms, epilogue "
+              f"{summary['ffn_gelu']['epilogue_ms']:.2f} ms", flush=True)
 
     # 2. The official pipeline, random weights at real size (or the checkpoint), offload on
     t0 = time.perf_counter()
@@ -225,6 +232,8 @@ def capture_t2v(wl, stages, out: Path, checkpoint, seed, profile, peers, compare
     if attention_backend is not None:  # forced: recorded, and the manifests' ceilings still say what was fastest
         summary["attention_backend_forced"] = attention_backend
     options = {"05_attention": {"backend": attention_backend or ceil["attention_backend"]}}
+    if "ffn_gelu" in summary:
+        options["06_fusion"] = {"gelu_epilogue": summary["ffn_gelu"]["gelu_epilogue"]}
     bar = tqdm(plan, desc=f"{wl.name} stages", disable=not progress)
     for stage in bar:
         bar.set_postfix_str(stage.name)
@@ -420,6 +429,7 @@ def capture_stage(run: T2VRun, stage, folder: Path, summary: dict, baseline_out,
                      "attention_backend": ceil["attention_backend"], "attention_all": ceil["attention"],
                      "attention_cross_all": ceil.get("attention_cross")},
         "attention_backend_used": getattr(pipe, "attention_backend", "flash"),
+        "fusion": _fusion_choices(pipe),
         "mfu": step_flops / (median / 1e3 * ceil["gemm_tflops"] * 1e12),
         "kernel_floor_ms": floor_s * 1e3, "kernel_floor_ratio": (median / 1e3) / floor_s,
         "error_vs_baseline": {"metric": "relative L2 of the guided velocity v_u + g(v_c - v_u) of one step, vs "
@@ -595,6 +605,11 @@ def compare_whole_model_compile(run: T2VRun) -> dict:
 def _write_manifest(folder: Path, m: dict):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").write_text(json.dumps(m, indent=2, default=_json_default) + "\n")
+
+
+def _fusion_choices(pipe) -> dict | None:
+    """Stage 6's measured choice, where it ran: whether the FFN's GELU runs in the GEMM epilogue."""
+    return {"gelu_epilogue": pipe.gelu_epilogue} if hasattr(pipe, "gelu_epilogue") else None
 
 
 def _write_summary(folder: Path, summary: dict):

@@ -18,10 +18,10 @@ from .offload import no_offload
 from .tf32 import enable_tf32
 
 
-def fuse_kernels(pipe):
+def fuse_kernels(pipe, gelu_epilogue: bool = True):
     from .fusion import fuse_kernels as apply  # imports Triton: only when the stage is used
 
-    return apply(pipe)
+    return apply(pipe, gelu_epilogue=gelu_epilogue)
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ T2V_STAGES: list[Stage] = [
           False, 5e-2, "05_dtype_hygiene"),
     Stage("05_attention", attention_kernel, "fastest attention kernel at the workload's shape", False, 5e-2,
           "06_attention"),
-    Stage("06_fusion", fuse_kernels, "fused QKV; Triton norm+modulate and RMSNorm+RoPE", False, 5e-2, "07_fusion"),
+    Stage("06_fusion", fuse_kernels, "fused QKV; Triton norm+modulate and RMSNorm+RoPE; GELU in the GEMM epilogue",
+          False, 5e-2, "07_fusion"),
     Stage("07_compile", compile_blocks, "torch.compile, regional (per block)", False, 5e-2, "08_compile"),
     Stage("08_cuda_graphs", cuda_graphs, "CUDA graph of each expert's forward", False, 5e-2, "09_cuda_graphs"),
 ]

@@ -6,11 +6,18 @@ What changes:
   - LayerNorm + `* (1 + scale) + shift` (twice per block) and the cross-attention LN with affine become one
     Triton kernel each: one read of the bf16 row, one write, statistics in fp32;
   - RMSNorm over the full dim + split heads + RoPE on interleaved pairs becomes one Triton kernel (q and k), and
-    plain RMSNorm for the cross-attention q and k.
+    plain RMSNorm for the cross-attention q and k. The kernel walks the row as pairs; a second form that walked
+    it as heads × pairs with contiguous loads measured 1.2-5.4x slower on the H100 at every T2V shape (captures
+    20261123T165834Z and 20261123T171751Z) and was dropped;
+  - the FFN's GELU moves into the up-projection GEMM's epilogue (cuBLASLt), where the capture measures that it
+    pays at the workload's shape.
 Exact up to rounding: the kernels keep intermediates in fp32 and round once, where the eager code rounds to
 bf16 after each op (differences at the bf16 ulp level, measured against the baseline).
 What it should buy: the eager lean block still makes ~8 passes over L×d for each RoPE and ~3 for each modulate;
 a pass over a 480p A14B activation (32,760 × 5120 bf16 = 335 MB) costs ~0.2 ms at 3 TB/s, so a few ms per block.
+The GELU pass over the FFN activation (ffn_dim wide, 5.8× d at 1.3B) costs ~0.85 ms per 1.3B block; whether the
+epilogue saves it depends on the GEMM cuBLASLt picks with it: 2.78 ms against 3.26 for GEMM + GELU at
+1.3B-480p, but 34.2 against 32.4 at A14B-720p (traces/*/capture.json, "ffn_gelu").
 
 On a machine without CUDA the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, which wanopt sets
 on import, before Triton is loaded) so that CI tests them against the eager reference; under torch.compile on
@@ -182,9 +189,53 @@ class FusedCrossAttention(LeanCrossAttention):
         return self.kv(context).chunk(2, dim=-1)
 
 
-def fuse_model(model, kernels=TRITON_KERNELS):
+class GeluEpilogueFFN(torch.nn.Sequential):
+    """The block's FFN (Linear, GELU(tanh), Linear; same modules and checkpoint keys) with the GELU applied in the
+    up-projection GEMM's epilogue: cuBLASLt's GELU_BIAS epilogue through torch._addmm_activation, which is the
+    tanh approximation upstream uses, computed on the fp32 accumulator before the one rounding to bf16. The
+    [rows, ffn_dim] activation is written once, already activated, instead of written, read back by a GELU kernel
+    and written again (1.2 GB each way at 1.3B-480p with batched CFG). cuBLASLt may pick a slower GEMM with the
+    epilogue, so the capture times both ways at the workload's shape first (gelu_epilogue_timings).
+    Off the GPU it runs the modules as they are: ATen's CPU _addmm_activation uses the exact (erf) GELU.
+    """
+
+    def forward(self, x):
+        up, _, down = self
+        if not x.is_cuda:
+            return super().forward(x)
+        dtype = up.compute_dtype or x.dtype
+        h = torch._addmm_activation(up.bias.to(dtype), x.to(dtype).flatten(0, -2), up.weight.to(dtype).t(),
+                                    use_gelu=True)
+        return down(h.unflatten(0, x.shape[:-1]))
+
+
+def gelu_epilogue_timings(rows: int, dim: int, ffn_dim: int, repeats: int = 10) -> dict:
+    """The FFN up-projection + GELU at the workload's shape on this GPU, both ways, median ms: the capture passes
+    `gelu_epilogue` to this stage from it (cuBLASLt may pick another GEMM kernel when an epilogue is attached)."""
+    import statistics
+
+    from ..profiling.timing import cuda_time_ms
+
+    bf16 = dict(device="cuda", dtype=torch.bfloat16)
+    x, bias = torch.randn(rows, dim, **bf16), torch.randn(ffn_dim, **bf16)
+    w = torch.randn(ffn_dim, dim, **bf16) / dim**0.5
+    ways = {"separate": lambda: torch.nn.functional.gelu(torch.nn.functional.linear(x, w, bias), approximate="tanh"),
+            "epilogue": lambda: torch._addmm_activation(bias, x, w.t(), use_gelu=True)}
+    ms = {}
+    for name, fn in ways.items():
+        for _ in range(3):
+            fn()
+        ms[f"{name}_ms"] = statistics.median(cuda_time_ms(fn, repeats=repeats))
+    ref, out = ways["separate"]().float(), ways["epilogue"]().float()
+    return {**ms, "shape": [rows, dim, ffn_dim], "relative_l2": ((out - ref).norm() / ref.norm()).item(),
+            "gelu_epilogue": ms["epilogue_ms"] < ms["separate_ms"]}
+
+
+def fuse_model(model, kernels=TRITON_KERNELS, gelu_epilogue: bool = True):
     """On a lean model (stage 4): fuse the projections and switch the block kernels, in place."""
     for block in model.blocks:
+        if gelu_epilogue:
+            block.ffn.__class__ = GeluEpilogueFFN
         sa, ca = block.self_attn, block.cross_attn
         sa.qkv = _fused_linear(sa.q, sa.k, sa.v)
         del sa.q, sa.k, sa.v  # the separate weights go: memory stays flat
@@ -196,7 +247,8 @@ def fuse_model(model, kernels=TRITON_KERNELS):
     return model
 
 
-def fuse_kernels(pipe):
+def fuse_kernels(pipe, gelu_epilogue: bool = True):
     for model in pipe.experts.values():
-        fuse_model(model)
+        fuse_model(model, gelu_epilogue=gelu_epilogue)
+    pipe.gelu_epilogue = gelu_epilogue
     return pipe
