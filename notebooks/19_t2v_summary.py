@@ -20,8 +20,10 @@
 # same weights, and against the targets.
 
 # Which attention kernel each run's `05_attention` picked, by measurement at its shapes (printed below with the
-# provenance): the 1.3B and A14B-480p runs had FlashAttention-4 installed and picked it; the 720p run is older, had
-# no FA4, and runs cuDNN from stage 5 on.
+# provenance): all three runs had FlashAttention-4 installed and picked it. Stage 6 of the 1.3B and 720p runs also
+# measured the FFN's GELU in the GEMM epilogue against a separate GELU kernel at the workload's shape and used it
+# where it was faster (1.3B: yes; 720p: no, notebook 07); the A14B-480p run is older and its stage 6 has no
+# epilogue option (at A14B width the epilogue measured slower at 720p, so it would likely not have been picked).
 
 # %%
 from wanopt.profiling.notebook import setup
@@ -72,7 +74,7 @@ print(f"{int(errors['ok'].sum())} of {len(errors)} captured stages within tolera
 # keeps in fp32 in fp32), driven like diffusers' `WanPipeline`: two sequential CFG forwards and the same UniPC
 # step; eager, and with `compile_repeated_blocks` (regional compile). Its default attention dispatch picks
 # PyTorch's cuDNN kernel on this H100 (the 1.3B run also timed it with the cuDNN backend forced: the same time);
-# ours runs FlashAttention-4 in these two runs. Errors are against our baseline from the same state: the guided
+# ours runs FlashAttention-4. Errors are against our baseline from the same state: the guided
 # velocity's relative L2 (the metric of the stage tables) and the latents' after the step, which is ~100× smaller
 # early in sampling (Δσ ≈ 0.002 at this step).
 
@@ -199,27 +201,30 @@ misses.round(2)
 
 # %% [markdown]
 # Reading the table:
-# - **Attention is no longer where the 480p misses are.** In both 480p runs FlashAttention-4 runs in the step at
+# - **Attention is not where the misses are.** In every run FlashAttention-4 runs in the step at or near
 #   its isolated rate (`attention TFLOP/s in the step` against `best attention ceiling`), and the rate each target
 #   would need if the rest of the step ran at its floor is *below* it (the printed lines above). What the targets
 #   miss by is the rest of the step: `rest s` (step time minus the attention kernels) against `rest floor s` (its
 #   FLOPs at the bf16 GEMM ceiling of an 8192³ matmul). Part of that is the norm/elementwise and cast/copy kernels,
 #   which the floor counts as free (`non-GEMM kernels s`); the remainder is the model's GEMMs running below that
 #   ceiling at their own shapes, and idle time.
-# - **Against diffusers.** 1.13× (1.3B) and 1.09× (A14B) faster than diffusers' best peer, short of 1.2× by 6 %
+# - **Against diffusers.** 1.14× (1.3B) and 1.09× (A14B) faster than diffusers' best peer, short of 1.2× by 5 %
 #   and 10 % (targets table). Ours runs FA4 where diffusers' default dispatch runs cuDNN. The lines printed
 #   above the peer table put that kernel choice, estimated from the same run's ceilings (not a profile of the
-#   peer), next to the measured gap: at 1.3B the two are about equal, so the rest of the step costs both sides
-#   about the same; at A14B the kernel is worth more than the whole gap, so there diffusers' rest of the step is
-#   the faster one, by the difference if its cuDNN runs at the ceiling. diffusers' attention dispatcher can use
+#   peer), next to the measured gap: at 1.3B it is about three quarters of the gap (100 of 130 ms), so our rest
+#   of the step is only ~30 ms faster than diffusers'; at A14B the kernel is worth more than the whole gap, so
+#   there diffusers' rest of the step is the faster one, by the difference if its cuDNN runs at the ceiling. diffusers' attention dispatcher can use
 #   FlashAttention kernels too; the peer here is diffusers as it runs by default.
-# - **1.3B against its floor.** ×1.15, 4 % over 1.10. The earlier cuDNN run (git history) met it at ×1.09: with the
-#   faster kernel the floor fell by more than the step did, and the rest of the step (above) is now a larger share.
+# - **1.3B against its floor.** ×1.12, 2 % over 1.10: 918 ms against an 821 ms floor. Attention runs at its
+#   ceiling here (667 against 668 TFLOP/s), so all ~97 ms over the floor are the rest of the step: 0.32 s
+#   against its 0.22 s floor, of which ~0.06 s are norm/elementwise and cast/copy kernels that the floor counts as
+#   free. The earlier cuDNN run (git history) met ×1.10 at ×1.09: with the faster kernel the floor fell by more
+#   than the step did.
 # - **The A14B 480p video.** 210 s projected, 5 % over 200 s; at the kernel floor it would be 189 s
 #   (`video at the floor s`), so the same rest-of-step overhead is what separates it from the target.
-# - **720p.** Both experts fit (peak below 76 GiB). This run predates the FA4 runs and uses cuDNN; even at its
-#   cuDNN floor the projection stays above 820 s, and it would need attention at the printed rate with the rest at
-#   its floor. FA4 measured 677 TFLOP/s at this shape on its own (`traces/logs/fa4_bench.txt`, notebook 06), above
-#   that rate, but a 720p run with FA4 was not captured: whether it meets 820 s is not measured.
-# - **Where wanopt is ahead of the baseline** (about 2× per step at 480p, 1.7× at 720p, more per video without the
+# - **720p: both targets met.** Both experts stay resident at 64.1 GiB peak (≤ 76 GiB) and the video projects to
+#   810 s (≤ 820 s; the official table gives 1041.5 s), with FA4 at 673 TFLOP/s in the step. The margin is 1 %,
+#   inside the run-to-run spread of a few % between H100 machines (`traces/README.md`): another machine could
+#   land just above 820 s. At the kernel floor the video would be 748 s.
+# - **Where wanopt is ahead of the baseline** (about 2× per step at every workload, more per video without the
 #   offload copies), the stage notebooks say which stage bought what.
