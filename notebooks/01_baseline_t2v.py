@@ -67,12 +67,12 @@ for w in WORKLOADS:
 pd.DataFrame(rows).set_index("workload").round(2).round({"attention % of FLOPs": 0, "FA2 / fastest %": 0})
 
 # %% [markdown]
-# The baseline runs at 1.80–2.32× the kernel floor. The two ceilings say why before any trace is opened:
+# The baseline runs at 2.12–2.30× the kernel floor. The two ceilings say why before any trace is opened:
 # attention is 53 % (A14B 480p) to 71–72 % (1.3B, A14B 720p) of the FLOPs, and the FA2 kernel the baseline uses
-# reaches 54–62 % of the rate of the fastest kernel measured at the same shape. At 480p that is FlashAttention-4
-# (`fa4`, 674 and 685 TFLOP/s, installed for these runs); the 720p run is older, had no FA4 installed, and its
-# fastest was cuDNN. The 480p floors assume FA4's higher rate, which is why the 480p ratios (2.19–2.32×) sit
-# above 720p's (1.80×).
+# reaches 51–54 % of the rate of the fastest kernel measured at the same shape. At all three shapes that is
+# FlashAttention-4 (`fa4`, 668–685 TFLOP/s, installed for these runs), so every floor assumes its rate. 720p's
+# ratio is the lowest (2.12×) even though its FA2 is furthest behind: its small ops and casts take the smallest
+# share of a block (17.5 %, against 27.5–28.9 % at 480p; table below).
 
 # %% [markdown]
 # ## The kernel timeline of one step and of one block
@@ -201,8 +201,8 @@ for w in ("t2v-a14b-480p", "t2v-a14b-720p"):
 pd.concat(copies).round(2)
 
 # %% [markdown]
-# The device-to-host half of the switch (the outgoing expert into pageable memory) runs at under 1.5 GB/s on this
-# machine and dominates the switch; the upload runs at about 8 GB/s.
+# The device-to-host half of the switch (the outgoing expert into pageable memory) runs at about 1.3 GB/s on this
+# machine and dominates the switch (22–23 s of it); the upload runs at 7–8 GB/s.
 
 # %% [markdown]
 # ## A whole A14B video, projected, beside the official table
@@ -226,8 +226,7 @@ proj.round(1)
 # The projection is above the official table. Two measured causes account for most of it: the attention kernel
 # (FA2 here; upstream's table used FA3) and the slow pageable copies of this machine's switch. The attention part
 # can be bounded from the same run: the baseline's attention kernel time per step, and what it would be at the
-# fastest kernel measured at the workload's shape (FA4 at 480p, cuDNN in the older 720p run; 1.6–1.9× FA2's
-# rate).
+# fastest kernel measured at the workload's shape (FA4 at both, 1.86–1.95× FA2's rate).
 
 # %%
 rows = []
@@ -246,8 +245,8 @@ pd.DataFrame(rows).set_index("workload").round(1)
 # %% [markdown]
 # ## What the baseline spends its time on
 # Read from the tables above:
-# - **attention** is the bulk of every step, run by a kernel at 54–62 % of the fastest rate measured at its shape
-#   (FA4 at 480p, cuDNN in the older 720p run; stage 5);
+# - **attention** is the bulk of every step, run by a kernel at 51–54 % of the fastest rate measured at its shape
+#   (FA4 at every shape; stage 5);
 # - the **reference's small ops and casts** (complex128 RoPE, fp32 modulation and residual, autocast casts,
 #   packing copies) are the next block of time, close to the spec's §5.4 re-creation (stage 4);
 # - Wan 2.2's **per-token time MLP** is a visible fp32 GEMM every forward (stages 3 and 4);

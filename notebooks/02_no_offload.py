@@ -188,9 +188,11 @@ print(f"A14B switch copies: device-to-host {rate['Memcpy DtoH (Device -> Pageabl
 
 # %% [markdown]
 # As predicted, a normal step is unchanged: the kernel tables match kernel for kernel (the 1.3B profiled steps'
-# GPU kernel time differs by 0.4 ms), and the timed medians differ by at most 1 % (1.3B 0.990×, A14B 1.001×).
-# The gain is per video. It is the first upload, the swap at the switch and the T5 round trip, about the guide's
-# 1.1× on both workloads. At the switch the trace
+# GPU kernel time differs by 1.0 ms), and the timed medians differ by at most 1 % (1.3B 0.991×, A14B 1.001×).
+# The gain is per video. It is the first upload, the swap at the switch and the T5 round trip: 1.14× on the 1.3B
+# model (13.5 s, nearly all of it T5's round trip; an earlier 1.3B run in git history measured that round trip at
+# 11.4 s, so host copies vary by run) and 1.11× on A14B (45.2 s), about the guide's 1.1×. At the
+# switch the trace
 # shows where the time goes. The device-to-host copies into fresh pageable memory take most of it, at 1.2 GB/s:
 # pageable memory, staged by the driver through pinned buffers. The upload is faster, but pageable too.
 #

@@ -219,7 +219,7 @@ for (w, s), r in velocity.iterrows():
 # casts shrink *more* than the §5.4 item list predicted, 2100 ms against 1637: copies and reductions that the list
 # leaves out (device-to-device copies, the fp32 reductions) go too, and the time MLP that TF32 left goes away
 # (GEMM −66 ms). On the 1.3B model they shrink by about the scaled prediction, 341 ms against 368. On both,
-# attention gives part of the gain back (+327 ms on A14B, +43 ms on the 1.3B model); on the 1.3B model that is
+# attention gives part of the gain back (+327 ms on A14B, +44 ms on the 1.3B model); on the 1.3B model that is
 # most of the shortfall against the prediction. Peak memory drops as well (69.3 → 57.2 GiB on A14B), because the
 # per-token fp32 tables and the fp32 residual are gone.
 #

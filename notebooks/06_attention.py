@@ -24,8 +24,8 @@
 # (`best_backend`). The math is the same up to each kernel's accumulation order (fp32 softmax statistics, bf16 in
 # and out).
 #
-# The two 480p runs were captured with FlashAttention-4 installed, and there the stage picked `fa4`. The 720p run
-# is older: FA4 was not installed, and its stages ran cuDNN.
+# All three runs were captured with FlashAttention-4 installed, and in each the stage picked `fa4` (the 720p run
+# does not time `05_attention` on its own; its `06_fusion` to `08_cuda_graphs` stages run FA4).
 #
 # **Why**: self-attention is 52 % (A14B, 480p) to 72 % (A14B, 720p) of a forward's FLOPs, and notebook 01 showed
 # it is also most of a step's GPU time.
@@ -130,12 +130,11 @@ ceil["picked / flash"] = [ceil.loc[w, ceil.loc[w, "picked"]] / ceil.loc[w, "flas
 ceil.round(2)
 
 # %% [markdown]
-# At the self-attention shape FA4 is the fastest kernel in both 480p runs, 1.86× FA2 and 1.19–1.25× cuDNN. cuDNN
-# comes next (1.48–1.57× FA2), then FlexAttention, compiled to Triton; the memory-efficient kernel is far behind.
-# The 720p run had no FA4, and there cuDNN wins, 1.61× FA2. (The `math` backend is not timed: it materialises the
-# L×L scores.)
+# At the self-attention shape FA4 is the fastest kernel in all three runs, 1.86–1.95× FA2 and 1.17–1.25× cuDNN.
+# cuDNN comes next (1.48–1.62× FA2), then FlexAttention, compiled to Triton; the memory-efficient kernel is far
+# behind. (The `math` backend is not timed: it materialises the L×L scores.)
 #
-# The runs with FA4 also timed the cross-attention shape (L × 512 text tokens). The stage's choice weighs both by
+# The runs also timed the cross-attention shape (L × 512 text tokens). The stage's choice weighs both by
 # their share of the attention FLOPs; the last columns are each kernel's time on that mix relative to the picked
 # kernel's, recomputed here with `best_backend`:
 
@@ -152,15 +151,16 @@ for w in mixed:
 cross.round(3)
 
 # %% [markdown]
-# At the cross-attention shape cuDNN is the faster kernel, but cross-attention is only about 1.5 % of the
-# attention FLOPs, so FA4 still takes the least time on the mix and `best_backend` agrees with the pick.
+# At the cross-attention shape cuDNN is the faster kernel, but cross-attention is only 1.5 % of the attention
+# FLOPs at 480p and 0.7 % at 720p, so FA4 still takes the least time on the mix (cuDNN would take 1.16–1.25× as
+# long) and `best_backend` agrees with the pick in all three runs.
 #
 # ### Attention FLOPs against attention time, inside the model
 # Attention kernel time per step from the trace (category `attention`: self- and cross-attention kernels) against
 # the attention FLOPs of the step (`flops_per_eval["attention"]` × 2 CFG evals, from the manifest), next to the
 # isolated self-attention ceiling of the kernel that ran (`attention_backend_used` in the manifest). The 720p run
 # did not capture this stage; its baseline (first profiled step, two sequential FA2 forwards) and `06_fusion`
-# (cuDNN, batched) show FA2 and cuDNN at 720p.
+# (FA4, batched) show FA2 and FA4 at 720p.
 
 # %%
 PAIRS = {"t2v-1.3b-480p": ("04_dtype_hygiene", STAGE), "t2v-a14b-480p": ("02_batched_cfg", STAGE),
@@ -184,10 +184,10 @@ in_model = in_model.set_index(["workload", "stage"])
 in_model.round(2)
 
 # %% [markdown]
-# In the model FA2 runs at 0.94–1.02 of its isolated rate, FA4 at 0.99–1.01 (480p) and cuDNN at 1.00 (720p):
-# about 680 TFLOP/s for FA4 inside both 480p models. Above 1 the isolated measurement undersold the kernel. The
-# 720p baseline runs exactly the isolated shape (batch 1, 40 heads) and still lands at 1.02, so a few percent
-# either way is the spread between the ceiling measurement and the model's steps.
+# In the model FA2 runs at 0.94–1.00 of its isolated rate and FA4 at 0.98–1.02: 678 and 676 TFLOP/s for FA4
+# inside the two 480p models, 669 at 720p. Above 1 the isolated measurement undersold the kernel. The 720p
+# baseline runs exactly the isolated shape (batch 1, 40 heads) and lands at 1.00, so a few percent either way is
+# the spread between the ceiling measurement and the model's steps.
 #
 # ### The prediction, from the ceilings, against the measurement
 
@@ -232,19 +232,18 @@ diff
 # One kernel was swapped for another: FA2's `flash_fwd_kernel` out, FA4's CuTe DSL kernel
 # (`kernel_cutlass_kernel_flash_attncute…flash_fwd_sm90…`) in, with the same number of calls (self- and
 # cross-attention in each block). Every other kernel keeps its name and its count, yet with the same shapes the
-# GEMMs take longer: 3–7 % on the two largest GEMM kernels at A14B (84 ms per step in the category table), 17 ms
-# of 213 on the 1.3B model, whose elementwise kernels also take 12 ms more (of 162). That gives back a small part
+# GEMMs take longer: 3–7 % on the two largest GEMM kernels at A14B (84 ms per step in the category table), 19 ms
+# of 212 on the 1.3B model, whose elementwise kernels also take 12 ms more (of 163). That gives back a small part
 # of the gain. The trace cannot say why (it records no clocks or power); a lower clock while the faster attention
 # kernel keeps the tensor cores busier is a plausible cause, not a measured one.
 
 # %% [markdown]
 # ## FlashAttention-4: the standalone benchmark as a cross-check
 # FlashAttention-3 ships no wheel. FlashAttention-4 (`flash-attn-4` 4.0.0b36 on PyPI: CuTe DSL kernels, with a
-# Hopper path) installs from wheels. Before the 480p runs were captured with it, it was timed on its own on the
-# same kind of H100 against the two SDPA kernels, at each T2V workload's self-attention shape
-# (`[1, L, heads, 128]`, bf16, non-causal, median over batches of calls). That log is committed
-# (`traces/logs/fa4_bench.txt`). It is a separate session, not a stage run: here it checks the runs' own ceilings,
-# and for the 720p run, which ran cuDNN, it is the only FA4 measurement at its shape.
+# Hopper path) installs from wheels. Before the runs were captured with it, it was timed on its own on the same
+# kind of H100 against the two SDPA kernels, at each T2V workload's self-attention shape (`[1, L, heads, 128]`,
+# bf16, non-causal, median over batches of calls). That log is committed (`traces/logs/fa4_bench.txt`). It is a
+# separate session, not a stage run: here it only cross-checks the ceilings each run measured for itself.
 
 # %%
 import re
@@ -263,7 +262,7 @@ fa4
 
 # %% [markdown]
 # The same kernels in the stage runs: each run's isolated ceilings at the same shape, and FA4's rate inside the
-# model at `05_attention` (from the table above; empty where the run had no FA4):
+# model (from the table above: at `05_attention`, and at 720p in `06_fusion`):
 
 # %%
 check = pd.DataFrame({
@@ -278,15 +277,12 @@ check["run fa4 / cudnn ×"] = check["run ceiling fa4"] / check["run ceiling cudn
 check.round(2)
 
 # %% [markdown]
-# The standalone benchmark and the runs agree to a few percent on each kernel: FA4 at 666 and 659 TFLOP/s
-# standalone, 674 and 685 in the runs' ceilings, about 680 inside the models; cuDNN 2–3 % lower in the runs than
-# standalone. So the runs see a larger FA4 lead over cuDNN (1.19× and 1.25×) than the standalone log (1.15× and
-# 1.17×). Both agree with FA4 to bf16 rounding (relative L2 in the log).
+# The standalone benchmark and the runs agree to a few percent on each kernel: FA4 at 659–677 TFLOP/s standalone,
+# 668–685 in the runs' ceilings, 669–678 inside the models; cuDNN 1.5–3 % lower in the runs than standalone. So
+# the runs see a somewhat larger FA4 lead over cuDNN (1.17–1.25×) than the standalone log (1.15–1.20×). The two
+# kernels agree to bf16 rounding (relative L2 3e-3 in the log).
 #
-# The fastest stage of each workload, with the kernel it ran and the attention rate inside it. In the two 480p
-# runs FA4 already runs there; only where the fastest stage ran cuDNN (the 720p run) is there a gain left to
-# estimate: attention time shrunk by the standalone fa4 / cudnn factor at that shape, nothing else changed (an
-# estimate, not a measurement).
+# The fastest stage of each workload, with the kernel it ran and the attention rate inside it:
 
 # %%
 rows = []
@@ -297,18 +293,13 @@ for w in fa4.index:
     row = {"workload": w, "fastest stage": last, "kernel": m["attention_backend_used"],
            "step ms": m["timing"]["median"], "attention ms": attn_ms,
            "attention TFLOP/s": 2 * m["flops_per_eval"]["attention"] / attn_ms / 1e9}
-    if row["kernel"] == "cudnn":  # no FA4 in this run: scale its attention by the standalone factor
-        saved = attn_ms * (1 - 1 / fa4.loc[w, "fa4 / cudnn ×"])
-        row.update({"step ms with fa4 (est.)": row["step ms"] - saved,
-                    "× (est.)": row["step ms"] / (row["step ms"] - saved)})
     rows.append(row)
 pd.DataFrame(rows).set_index("workload").round(2)
 
 # %% [markdown]
-# In the compiled 480p stages FA4 runs at 678 and 658 TFLOP/s of attention (682 and 676 at `05_attention`). At 720p
-# the estimate is 1.14× on the fastest stage. At 480p the standalone factor (1.15–1.17×) was below the one the runs
-# measured for their own ceilings (1.19–1.25×), so the 720p estimate may be on the low side; only a 720p capture
-# with FA4 installed would measure it.
+# The fastest stage is `07_compile` in all three runs, and it runs FA4: 667 and 658 TFLOP/s of attention at 480p
+# (678 and 676 at `05_attention`), 673 at 720p (669 in `06_fusion`). Attention is 14.0 of the 20.06 s of a 720p
+# step there.
 
 # %% [markdown]
 # ## Verdict
@@ -331,15 +322,17 @@ for w, prev in cmp["previous stage"].items():
 
 # %% [markdown]
 # **It paid, as predicted.** In both 480p runs the stage picked FlashAttention-4, and the whole gain is the
-# attention kernel: the trace diff shows one kernel swapped, attention time roughly halves (1160 → 589 ms per step
-# on the 1.3B model, 5167 → 2641 at A14B), and the measured step lands on the prediction made from the isolated
-# ceilings alone (1.52x against 1.52x on the 1.3B model, 1.43x against 1.42x at A14B). Attention came out a little
-# shorter than predicted, and the slightly slower GEMMs and elementwise kernels (see above) took back most of
-# that. Inside the model FA4 runs at its isolated rate (99–101 %), about 1.96x FA2's in-model rate. The error
-# does not move: on both workloads the velocity error is the previous stage's to three digits (0.029 and 0.032).
+# attention kernel: the trace diff shows one kernel swapped, attention time roughly halves (1173 → 592 ms per step
+# on the 1.3B model, 5167 → 2641 at A14B), and the measured step lands close to the prediction made from the
+# isolated ceilings alone (1.52x against 1.54x predicted on the 1.3B model, 1.43x against 1.42x at A14B).
+# Attention came out shorter than predicted (27 and 140 ms), and the slightly slower GEMMs and elementwise kernels
+# (see above) took back all of that on the 1.3B model (its step is 9 ms above the prediction) and most of it at
+# A14B (26 ms below). Inside the model FA4 runs at its isolated rate (99–102 %), 1.98x and 1.96x FA2's in-model
+# rate. The error does not move: on both workloads the velocity error is the previous stage's to three digits
+# (0.029 and 0.032).
 #
 # At 720p attention is 68 % of the kernel time already in the baseline, whose reference numerics still carry the
-# elementwise work that dtype hygiene removes (A14B 480p after it: 64 %). That run is older and ran cuDNN, which in
-# the model runs at 1.57x FA2's rate there, against FA4's 1.96–1.97x at 480p. Its gain from this stage should
-# therefore be smaller than at 480p; it was not timed as a separate stage (the 720p run times `00_baseline` and
-# `06_fusion` to `08_cuda_graphs`), and FA4 at 720p is only the estimate above.
+# elementwise work that dtype hygiene removes (A14B 480p after it: 64 %). The 720p run also picked FA4, which in
+# the model runs at 1.91x the baseline's FA2 rate there (669 against 351 TFLOP/s, in `06_fusion`), close to the
+# 1.96–1.98x at 480p. This stage's own share of the 720p speedup is not isolated: the run times `00_baseline` and
+# `06_fusion` to `08_cuda_graphs` only.

@@ -21,7 +21,10 @@
 #   one Triton kernel each (`_norm_modulate_kernel`): one read of the bf16 row, one write, statistics in fp32;
 # - RMSNorm over the full dim + split heads + RoPE on interleaved pairs becomes one Triton kernel for q and for k
 #   (`_rmsnorm_rope_kernel`), which reads q and k straight out of the fused QKV output (a strided view, no copy);
-#   the same kernel without the rotation does cross-attention's q and k.
+#   the same kernel without the rotation does cross-attention's q and k;
+# - the FFN's GELU moves into the up-projection GEMM's cuBLASLt epilogue, but only where the capture measured
+#   that faster at the workload's shape, right before the run (`capture.json` → `ffn_gelu`): used at 1.3B-480p,
+#   not at 720p. The A14B-480p run is older and predates the choice: its stage 6 runs the GEMM, then GELU.
 #
 # Exact up to rounding: the kernels keep intermediates in fp32 and round once, where the eager code rounds to bf16
 # after each op.
@@ -29,7 +32,9 @@
 # **Prediction** (the stage docstring): the eager lean block still makes ~8 passes over L×d for each RoPE and ~3
 # for each modulate; one pass over a 480p A14B activation (32,760 × 5120 bf16 = 335 MB) costs ~0.2 ms at 3 TB/s,
 # so fusion should save a few ms per block, i.e. the elementwise and cast time of a block should shrink to about
-# one read and one write per fused op. The GEMMs and attention should not move.
+# one read and one write per fused op. The GEMMs and attention should not move. The GELU epilogue saves one
+# write and one read of the FFN activation (ffn_dim wide) if cuBLASLt's GEMM with the epilogue is not slower than
+# the one without, which is why the capture times both.
 
 # %%
 from wanopt.profiling.notebook import setup
@@ -213,6 +218,41 @@ bandwidth.round(2)
 # stores of even and odd elements, which also compile to a variant with shared memory and lower occupancy (its
 # launch configuration is in notebook 08). That is the one fused kernel with room left.
 #
+# ### Measured choices: the GELU epilogue, and the RoPE kernel's form
+# Each newer capture times the FFN up-projection + GELU both ways at its shape (`[2L, d] @ [d, ffn_dim]`, median
+# ms) and passes the winner to the stage (the manifest's `fusion`); it also timed a second form of the RMSNorm +
+# RoPE kernel, which walks each row as heads × pairs with contiguous loads, against the kept kernel, which walks it
+# as pairs. Below, each run's numbers, and the GELU time in its `06_fusion` trace (one step):
+
+# %%
+for w in report.T2V_WORKLOADS:
+    run, fusion = analysis.load_run(w), analysis.load_manifest(w, STAGE).get("fusion")
+    k = analysis.kernels(analysis.load_trace(w, STAGE))
+    epilogue_ms = k.loc[k["short_name"].str.contains("gelubias"), "dur"].sum() / 1e3
+    separate_ms = k.loc[k["short_name"] == "GeluCUDAKernelImpl", "dur"].sum() / 1e3
+    print(f"{w} (run {run['run_id']}): trace: GEMMs with a GELU epilogue {epilogue_ms:.1f} ms, separate GELU "
+          f"kernels {separate_ms:.1f} ms")
+    if "ffn_gelu" not in run or fusion is None:
+        print("  this run predates the choice: no epilogue timing, stage 6 runs the GEMM, then GELU")
+        continue
+    g = run["ffn_gelu"]
+    print(f"  up-projection + GELU at {'x'.join(map(str, g['shape']))}: GEMM then GELU {g['separate_ms']:.2f} ms, "
+          f"epilogue {g['epilogue_ms']:.2f} ms (rel L2 {g['relative_l2']:.0e}); "
+          f"epilogue used: {fusion['gelu_epilogue']}")
+    for key, r in fusion["rmsnorm_rope"].items():
+        rows_, dim_, heads_, rope_ = key.split("x")[:4]
+        print(f"  RMSNorm{' + RoPE' if rope_ == 'True' else ''}, {rows_} rows x {dim_} ({heads_} heads): pairs "
+              f"{r['pairs_ms']:.3f} ms, heads x pairs {r['heads_ms']:.3f} ms ({r['heads_ms'] / r['pairs_ms']:.1f}x); "
+              f"kept: {r['picked']}")
+
+# %% [markdown]
+# At 1.3B-480p the epilogue won (2.78 against 3.26 ms) and is used: the trace's up-projection GEMMs carry GELU
+# (`…_gelubias_…` kernels), and no separate GELU runs in the blocks. At 720p it lost (34.15 against 32.37 ms), so
+# GELU stays its own kernel. The A14B-480p run predates the choice and runs GELU separately. The heads × pairs
+# form of the RMSNorm + RoPE kernel, meant to replace the stride-2 loads above with contiguous ones, was
+# 1.2–5.4× slower than the pairs kernel at every shape measured, with and without RoPE, and was dropped from the
+# code.
+#
 # ## The whole step: HTA TraceDiff
 # GPU time per category (one profiled step each), then the kernels whose time changed most. HTA also lists the
 # profiler's `Stream Sync` events (the host waiting on the stream, not kernels); they are dropped.
@@ -224,17 +264,18 @@ pd.concat({w: analysis.category_diff(w, "05_attention", STAGE) for w in ("t2v-1.
 analysis.trace_diff(W, "05_attention", STAGE).drop(index="Stream Sync", errors="ignore")
 
 # %% [markdown]
-# What the diff shows: the eager `vectorized_layer_norm_kernel`s go (one is left, outside the blocks), the generic
-# `elementwise_kernel` calls drop by more than half, the two Triton kernels come in; the GEMM calls are regrouped
-# (one QKV GEMM with another tile shape in place of three) at about the same total time, and attention moves by
-# 1–2 %: the same FA4 kernel on the same shapes.
+# What the diff shows (A14B-480p): the eager `vectorized_layer_norm_kernel`s go (one is left, outside the blocks),
+# the generic `elementwise_kernel` calls drop by more than half, the two Triton kernels come in; the GEMM calls are
+# regrouped (one QKV GEMM with another tile shape in place of three) at about the same total time, and attention
+# moves by 1–2 %: the same FA4 kernel on the same shapes. At 1.3B, where the up-projection now also applies GELU,
+# the GEMMs take 9 ms more (231.5 → 240.4) while the elementwise time drops by 104 ms.
 #
 # ## 720p: baseline → fusion
 # The 720p run has no capture between the baseline and this stage, so this is stages 1–6 at once: both experts
-# resident, batched CFG, TF32, dtype hygiene, cuDNN attention and fusion. (This 720p run is older than the 480p
-# ones and predates FA4 here: its attention is cuDNN, where the 480p runs use FA4.) The baseline trace holds two
-# steps (a normal one and the expert switch); the timeline, the category diff and HTA's TraceDiff all use the first
-# profiled step of each trace, a normal step on the high-noise expert in both.
+# resident, batched CFG, TF32, dtype hygiene, FA4 attention and fusion (GELU as its own kernel: the epilogue lost
+# at this shape). The baseline trace holds two steps (a normal one and the expert switch); the timeline, the
+# category diff and HTA's TraceDiff all use the first profiled step of each trace, a normal step on the
+# high-noise expert in both.
 
 # %%
 fig = report.step_timelines("t2v-a14b-720p", "00_baseline", STAGE)
@@ -247,10 +288,10 @@ analysis.category_diff("t2v-a14b-720p", "00_baseline", STAGE)
 analysis.trace_diff("t2v-a14b-720p", "00_baseline", STAGE).drop(index="Stream Sync", errors="ignore")
 
 # %% [markdown]
-# Attention (FA2 → cuDNN) is most of the 720p gain, then the reference's elementwise work and casts (dtype hygiene
-# and fusion), then the GEMMs: Wan 2.2's per-token float32 time MLP (the `sm80_xmma_gemm_f32f32` rows) is gone,
-# while the bf16 GEMMs of the blocks, regrouped by batched CFG and the fused QKV, take somewhat longer for the same
-# FLOPs (their `nvjet` rows); the trace does not say why.
+# Attention (FA2 → FA4, 26.9 → 14.1 s of kernel time) is most of the 720p gain, then the reference's elementwise
+# work and casts (dtype hygiene and fusion), then the GEMMs: Wan 2.2's per-token float32 time MLP (the
+# `sm80_xmma_gemm_f32f32` rows) is gone, while the bf16 GEMMs of the blocks, regrouped by batched CFG and the fused
+# QKV, take somewhat longer for the same FLOPs (their `nvjet` rows); the trace does not say why.
 #
 # ## Verdict
 
@@ -270,16 +311,24 @@ print(f"RMSNorm + RoPE kernel at {rope:.2f} TB/s against {plain:.2f} TB/s withou
 
 # %% [markdown]
 # **It paid, about as predicted.** At 480p the stage removes the eager elementwise passes and casts around the GEMMs:
-# the block's elementwise time more than halves, the GEMMs and attention stay within 2 %, and peak memory is flat
-# (the separate q/k/v weights are freed). The docstring's "a few ms per block" was counted for one sample (335 MB per
-# pass); the batched forward moves two samples per pass, which doubles it. The step gain is modest because after stage
-# 5 these passes were already a small share of the step; both 480p workloads move closer to their kernel floor, where
-# the rest of the time is GEMMs and attention.
+# in A14B's block 5 the elementwise and cast time more than halves (20.7 → 9.5 ms), the GEMMs and attention stay
+# within 2 %, and peak memory is flat at A14B (the separate q/k/v weights are freed). The docstring's "a few ms
+# per block" was counted for one sample (335 MB per pass); the batched forward moves two samples per pass, which
+# doubles it.
+# The step gain is modest because after stage 5 these passes were already a small share of the step: 1.12x at 1.3B
+# (1042 → 931 ms), 1.08x at A14B (5623 → 5207 ms); both 480p workloads move closer to their kernel floor (1.27 →
+# 1.13 and 1.21 → 1.12), where the rest of the time is GEMMs and attention. At 1.3B peak memory also drops, 6.37 →
+# 5.47 GiB; the GELU epilogue, which no longer writes the up-projection's output before GELU (65,520 × 8,960 bf16,
+# 1.1 GiB), is a plausible cause, not a measured one (the traces record no allocations).
 #
-# At 720p the row is the whole sequence from the baseline: both experts now resident, the peak stays below the
-# 76 GiB target, and the step is close to its kernel floor, with a velocity error at the 480p level (the table
-# above).
+# The GELU epilogue is a measured choice, not a rule: at 1.3B-480p it won (2.78 against 3.26 ms) and is used; at
+# 720p cuBLASLt's GEMM with the epilogue was slower than GEMM + GELU (34.15 against 32.37 ms), so GELU stays a
+# separate kernel there.
+#
+# At 720p the row is the whole sequence from the baseline, 39441 → 20545 ms (1.92x): both experts now resident,
+# the peak (69.02 GiB) stays below the 76 GiB target, and the step is close to its kernel floor (1.11), with a
+# velocity error at the 480p level (the table above).
 #
 # Left on the table: the RMSNorm + RoPE kernel runs at less than half the bandwidth of its own no-rotation
-# variant. Loading each row contiguously and splitting the pairs in registers is the obvious next step
-# (untested).
+# variant. The first fix tried, a form that walks each row as heads × pairs with contiguous loads, was 1.2–5.4×
+# slower at every shape measured (above) and was dropped; the pairs kernel stays, and what limits it is still open.

@@ -67,8 +67,9 @@ print(analysis.provenance(analysis.load_manifest("t2v-a14b-480p", STAGE)))
 cmp
 
 # %% [markdown]
-# The `error` column is the velocity metric at real size (traces/README.md), the same as stage 6's to the digits
-# shown (notebook 07): compile changes the rounding of the elementwise work, not the error level.
+# The `error` column is the velocity metric at real size (traces/README.md), within 1e-4 of stage 6's (notebook
+# 07: 0.0285, 0.0316, 0.0315; at 1.3B the manifests hold 0.02852 before and 0.02846 after, which round to 0.029
+# and 0.028 at three digits): compile changes the rounding of the elementwise work, not the error level.
 #
 # ### Regional against whole-model compile, and what compiling costs
 # The 1.3B run also timed the whole-model compile of the same pipeline (`capture.json` → `compile_whole_model`).
@@ -88,10 +89,11 @@ for w in WORKLOADS:
 pd.DataFrame(rows).set_index(["workload", "compile"]).round(1)
 
 # %% [markdown]
-# Whole-model and regional compile give about the same step time (timed both ways at 1.3B only: 0.5 % apart, the
-# order of the drift between stages): little that Inductor could fuse across block boundaries is worth anything
-# next to GEMMs and attention. Both compiles are cold: the whole model took over 40 s, the regional one 2–3 s at
-# every size, one block compiled once and reused by all 30 or 40 blocks (and both experts).
+# Whole-model and regional compile give about the same step time (timed both ways at 1.3B only: 910.3 against
+# 918.1 ms, 0.9 % apart in the whole model's favour, within the drift between stages): little that Inductor could
+# fuse across block boundaries is worth much next to GEMMs and attention. Both compiles are cold: the whole model
+# took 47.6 s, the regional one 1.8–3.7 s at every size, one block compiled once and reused by all 30 or 40 blocks
+# (and both experts).
 #
 # ## Did it pay? Block 5 before and after (A14B expert, 480p)
 
@@ -231,7 +233,10 @@ generated.groupby("short_name")["dur"].agg(calls="size", median_us="median", ms=
 #   (`CUDAFunctor_add` in the GPU-side diff above, about the same time);
 # - `triton_poi_fused_gelu_view_6`: **GELU is still its own pass** over the L × 13,824 FFN activation, about as
 #   long as the eager GELU kernel it replaces. Inductor does not fuse a pointwise op into a cuBLAS GEMM's epilogue
-#   in its default mode; only its own Triton GEMM templates (max-autotune) could.
+#   in its default mode; only its own Triton GEMM templates (max-autotune) could. Stage 6 now does it itself where
+#   the capture measured it faster (notebook 07): at 1.3B-480p GELU runs in the up-projection's cuBLASLt epilogue,
+#   and its compiled step has 7 Inductor kernels per block (210 in 30 blocks, the table above) against 8 here. This
+#   A14B-480p run predates that choice; at 720p the epilogue measured slower, and GELU stays this Inductor pass.
 #
 # ## Verdict
 
@@ -253,13 +258,16 @@ for w in WORKLOADS:
 # %% [markdown]
 # **It barely pays, as predicted.** With the stage-6 kernels as custom ops, compile no longer slows them (same
 # registers, same time), and what is left is the predicted small gain: Inductor's fusion of the remaining
-# elementwise work saves about 1 % of the step or less (1.1 % at 1.3B, 0.9 % at A14B-480p, 0.5 % at 720p). The
-# measured steps gain about that much: 1.3 % at 1.3B (its GEMM and attention kernels also came out a few ms
-# faster), and at A14B 0.6 % and 0.4 %, less than the fusion saved, within the drift of the kernels Inductor does
-# not touch: at A14B-480p the GEMM and attention kernels of the compiled step took 29 ms longer, more than half of
-# the 47 ms the fusion saved, the same kernels on the same shapes (between stages of one run their time moves by up
-# to about 2 %, up or down, see notebooks 07 and 09; the traces do not say why). After stages 5 and 6 the step is
-# GEMMs and attention, and whole-model compile buys at most 0.5 % over regional (1.3B) for about 20 times the
-# compile time. Peak memory is lower under compile at every size, a side benefit whose cause these traces cannot
-# show (they record no allocations). At a cold regional compile of a few seconds per process the stage costs
-# little and may be kept, but it is not where the time is.
+# elementwise work saves about 1 % of the step or less (1.2 % at 1.3B, 0.9 % at A14B-480p, 0.6 % at 720p). At
+# 1.3B the measured step gains about that much, 1.3 % (931 → 918 ms). At A14B-480p it gains less, 0.6 %, within
+# the drift of the kernels Inductor does not touch: the GEMM and attention kernels of the compiled step took 29 ms
+# longer, more than half of the 47 ms the fusion saved, the same kernels on the same shapes (between stages of one
+# run their time moves by up to about 2 %, up or down, see notebooks 07 and 09; the traces do not say why). At
+# 720p it gains more, 2.4 % (20545 → 20058 ms), of which the profiled steps' kernel time accounts for 186 ms (the
+# fusion's 116 plus 70 ms less GEMM and attention, mostly attention); the rest is in the `06_fusion` timing itself,
+# whose median sits 309 ms above its profiled step's kernel time and whose three timed steps span 20353–20666 ms
+# (manifest `timing`), against 20057–20078 ms for `07_compile`. After stages 5 and 6 the step is GEMMs and
+# attention, and whole-model compile buys 0.9 % over regional (1.3B) for about 25 times the compile time. Peak
+# memory is lower under compile at every size, a side benefit whose cause these traces cannot show (they record no
+# allocations). At a cold regional compile of a few seconds per process the stage costs little and may be kept,
+# but it is not where the time is.

@@ -86,9 +86,9 @@ capture.round(1)
 # ## Launches: what the graph removes
 # The host-side launch calls in one profiled step, before and after (from the trace's CUDA runtime and driver
 # events). In stage 7 the ATen kernels go through `cudaLaunchKernel`; the Triton kernels (Inductor's, stage 6's) and
-# the cuBLAS GEMMs through the driver's `cuLaunchKernel(Ex)`; attention through `cudaLaunchKernelExC` for FA4
-# (480p) and `cuLaunchKernelEx` for cuDNN (the older 720p run). The graph replaces all of the forward's launches
-# with one `cudaGraphLaunch`.
+# the cuBLAS GEMMs through the driver's `cuLaunchKernel(Ex)`; FA4's attention kernels through
+# `cudaLaunchKernelExC` (all three runs). The graph replaces all of the forward's launches with one
+# `cudaGraphLaunch`.
 
 # %%
 def host_launches(a):
@@ -105,10 +105,10 @@ pd.concat({w: pd.concat({s: host_launches(traces[(w, s)]) for s in (PREV, STAGE)
 # %% [markdown]
 # HTA's launch statistics, before and after. HTA pairs kernels only with `cudaLaunchKernel` and
 # `cudaLaunchKernelExC` calls (and async memcpy and memset), so the Triton kernels and GEMMs of stage 7 and the
-# graph's kernels are not in them (FA4's attention kernels at 480p are, cuDNN's at 720p are not); what remains after
-# the graph are the few ATen launches outside it (CFG concat and split, the scheduler step). The telling row is the
-# median launch delay before: the host enqueues kernels from a quarter of a second (1.3B) to seconds (A14B) ahead of
-# the GPU, so the launch cost is hidden behind the GPU's work.
+# graph's kernels are not in them (FA4's attention kernels are); what remains after the graph are the few ATen
+# launches outside it (CFG concat and split, the scheduler step). The telling row is the median launch delay
+# before: the host enqueues kernels 0.26 s (1.3B), 1.9 s (A14B-480p) and 7.5 s (720p) ahead of the GPU, so the
+# launch cost is hidden behind the GPU's work.
 
 # %%
 pd.concat({w: pd.concat({s: analysis.launch_stats(traces[(w, s)])["value"] for s in (PREV, STAGE)}, axis=1)
@@ -186,11 +186,13 @@ mg2_idle = analysis.temporal_breakdown(mg2).loc["idle", "percent"]
 print(f"mg2-universal baseline: GPU idle {mg2_idle:.1f} % of the trace")
 
 # %% [markdown]
-# **It did not pay, as predicted.** At T2V scale the GPU is idle for under 1 % of a step, the host runs from a
-# quarter of a second to seconds ahead of the GPU, and the graph removes every launch of the forward without changing
-# a single kernel. What it could save is bounded by that idle time, about 9 to 26 ms per step; the measured
-# step moved by under 1 % either way at all three sizes, within the variation of the kernels themselves (the category
-# diff moves by amounts of the same order, the same kernels on the same data). Add the capture cost of about two steps
-# per shape and the static-shape constraint (peak memory did come out lower at every size, which these traces cannot
-# explain); the stage is not worth keeping for these T2V workloads, 720p included. Matrix-Game-2 is the opposite regime,
-# a GPU idle most of its time with microsecond kernels: that is where CUDA graphs belong.
+# **It did not pay, as predicted.** At T2V scale the GPU is idle for about 1 % of a step or less (1.23 % at 1.3B,
+# 0.41 % at A14B-480p, 0.16 % at 720p), the host runs 0.26 to 7.5 s ahead of the GPU, and the graph removes every
+# launch of the forward without changing a single kernel. What it could save is bounded by that idle time, 11 to
+# 33 ms per step; the measured step came out slightly slower at all three sizes (918.1 → 924.7 ms, 5177.9 → 5205.0
+# and, at 720p, 20057.7 → 20095.1 ms: 0.2–0.7 %), within the variation of the kernels themselves (the category
+# diff moves by amounts of the same order, 3 to 48 ms, the same kernels on the same data). Add the capture cost of
+# about two steps per shape and the static-shape constraint (peak memory did come out lower at every size, which
+# these traces cannot explain); the stage is not worth keeping for these T2V workloads, 720p included.
+# Matrix-Game-2 is the opposite regime, a GPU idle most of its time with microsecond kernels: that is where CUDA
+# graphs belong.
