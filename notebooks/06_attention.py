@@ -47,6 +47,7 @@ import torch
 from wanopt.models.layers import ATTENTION_BACKENDS, attention
 from wanopt.pipelines.t2v import WanT2V
 from wanopt.profiling import analysis, report
+from wanopt.profiling.timing import rel_l2
 from wanopt.stages import apply_stages, attention_kernel, best_backend
 
 STAGE = "05_attention"
@@ -72,13 +73,6 @@ context, _ = pipe.encode_prompt("a paper boat drifting down a rain gutter")
 pipe = apply_stages(pipe, ["01_no_offload", "02_batched_cfg", "03_tf32", "04_dtype_hygiene"], workload="t2v-1.3b-480p")
 model = pipe.experts["high_noise"]
 x, t = torch.randn(1, 16, 3, 8, 12), torch.tensor([999])
-
-
-def rel_l2(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
-
-
 outputs = {}
 with torch.no_grad():
     for backend in ATTENTION_BACKENDS:

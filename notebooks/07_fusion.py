@@ -48,6 +48,7 @@ import torch
 from wanopt.configs import get_config
 from wanopt.models.layers import rope_table
 from wanopt.profiling import analysis, report
+from wanopt.profiling.timing import rel_l2
 from wanopt.stages import dtype_hygiene
 from wanopt.stages.fusion import INTERPRETER, triton_norm_modulate, triton_qk_norm_rope
 
@@ -86,11 +87,6 @@ gen = torch.Generator().manual_seed(0)
 
 def rand(*shape, scale=1.0, shift=0.0):
     return (shift + scale * torch.randn(*shape, generator=gen)).to(torch.bfloat16)
-
-
-def rel_l2(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
 
 
 x, qkv = rand(B, L, D), rand(B, L, 3 * D)

@@ -37,7 +37,3 @@ def diffusers_twin(dit_config, model):
         ffn_dim=c.ffn_dim, num_layers=c.num_layers, cross_attn_norm=c.cross_attn_norm, eps=c.eps)
     twin.load_state_dict(wan_state_dict_to_diffusers(model.state_dict()), strict=True)
     return twin.eval()
-
-
-def rel_l2(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()

@@ -5,8 +5,8 @@ H100 before it captures (traces/logs/test_gpu.log)."""
 import pytest
 import torch
 
-from conftest import rel_l2
 from wanopt.models.layers import rope_table
+from wanopt.profiling.timing import rel_l2
 from wanopt.stages.dtype_hygiene import qk_norm_rope, rope_cos_sin
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

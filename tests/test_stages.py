@@ -8,10 +8,10 @@ import importlib.util
 import pytest
 import torch
 
-from conftest import rel_l2
 from wanopt.configs import get_config
 from wanopt.models.layers import rope_table
 from wanopt.pipelines.t2v import WanT2V
+from wanopt.profiling.timing import rel_l2
 from wanopt.stages import (T2V_STAGES, WORKLOAD_ORDER, apply_stages, get_stage, stage_order, stages_up_to)
 from wanopt.stages.dtype_hygiene import lean_model, norm_modulate, qk_norm_rope, rope_cos_sin
 from wanopt.weights import build_wan

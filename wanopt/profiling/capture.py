@@ -29,7 +29,7 @@ from ..configs import get_config, get_workload, num_tokens
 from ..models.layers import check_attention_backend
 from ..stages import best_backend, get_stage, stage_order, uncompile
 from .flops import kernel_floor_s, wan_eval_flops
-from .timing import (attention_ceilings_tflops, cuda_time_ms, environment, gemm_ceiling_tflops, gib, sha256,
+from .timing import (attention_ceilings_tflops, cuda_time_ms, environment, gemm_ceiling_tflops, gib, rel_l2, sha256,
                      summarize)
 
 PROMPT = "A cat in a tiny astronaut suit walks across the surface of the moon, slow dolly shot, golden rim light"
@@ -139,10 +139,6 @@ def _sync():
 
 def _timed_once(fn) -> float:
     return cuda_time_ms(fn, repeats=1)[0]
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def capture(workload: str, stages="all", out="traces", checkpoint=None, seed: int = 0, profile: bool = True,

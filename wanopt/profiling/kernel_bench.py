@@ -7,18 +7,10 @@ that adds ~50-120 µs of guards and wrapper before the kernel starts."""
 
 from __future__ import annotations
 
-import statistics
-
 import torch
 
 from ..stages import fusion
-from .timing import cuda_time_ms
-
-
-def median_ms(fn, *args, n: int = 20) -> float:
-    for _ in range(3):  # warm-up: Triton's JIT, and compile on the first call of a compiled function
-        fn(*args)
-    return statistics.median(cuda_time_ms(lambda: fn(*args), repeats=n))
+from .timing import median_ms, rel_l2
 
 
 def traced_norm_modulate(x, mul, add, eps):
@@ -63,8 +55,7 @@ def main(tokens: int = 32760, dim: int = 5120, heads: int = 40) -> list[str]:
         torch._dynamo.reset()
         compiled_fn = torch.compile(fn, dynamic=False)
         compiled = median_ms(compiled_fn, *args)
-        ref = fn(*args).float()
-        err = ((compiled_fn(*args).float() - ref).norm() / ref.norm()).item()
+        err = rel_l2(compiled_fn(*args), fn(*args))
         lines.append(f"{name:28s} eager {eager * 1e3:8.1f} us   compiled {compiled * 1e3:8.1f} us   "
                      f"x{compiled / eager:5.2f}  rel {err:.1e}")
         print(lines[-1])

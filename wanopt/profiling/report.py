@@ -7,6 +7,7 @@ import pandas as pd
 import torch
 
 from . import analysis, plots
+from .timing import rel_l2
 
 T2V_WORKLOADS = ("t2v-1.3b-480p", "t2v-a14b-480p", "t2v-a14b-720p")
 
@@ -81,7 +82,7 @@ def tiny_stage_errors(upto: str, workload: str = "t2v-1.3b-480p", seed: int = 0)
             continue
         pipe = stage.apply(pipe, **({"backend": "flash"} if stage.name == "05_attention" else {}))
         v = step()
-        err = ((v.double() - base.double()).norm() / base.double().norm()).item()
+        err = rel_l2(v, base)
         tol = max(s.tolerance for s in stages_up_to(stage.name, workload))
         rows.append({"after stage": stage.name, "velocity rel L2": f"{err:.0e}", "tolerance": f"{tol:g}",
                      "within": "yes" if err <= tol else "NO"})

@@ -41,6 +41,19 @@ def cuda_time_ms(fn: Callable[[], object], setup: Callable[[], object] | None = 
     return times
 
 
+def median_ms(fn, *args, n: int = 20) -> float:
+    """Median of n CUDA-event timings of fn(*args), after 3 untimed calls (Triton's JIT, compile, cuBLASLt's
+    heuristics run on the first calls)."""
+    for _ in range(3):
+        fn(*args)
+    return statistics.median(cuda_time_ms(lambda: fn(*args), repeats=n))
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative L2 error of a against the reference b, in float64."""
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
 def summarize(times_ms: list[float]) -> dict:
     return {"median": statistics.median(times_ms), "min": min(times_ms), "max": max(times_ms), "n": len(times_ms),
             "unit": "ms"}

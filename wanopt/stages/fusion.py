@@ -212,22 +212,15 @@ class GeluEpilogueFFN(torch.nn.Sequential):
 def gelu_epilogue_timings(rows: int, dim: int, ffn_dim: int, repeats: int = 10) -> dict:
     """The FFN up-projection + GELU at the workload's shape on this GPU, both ways, median ms: the capture passes
     `gelu_epilogue` to this stage from it (cuBLASLt may pick another GEMM kernel when an epilogue is attached)."""
-    import statistics
-
-    from ..profiling.timing import cuda_time_ms
+    from ..profiling.timing import median_ms, rel_l2
 
     bf16 = dict(device="cuda", dtype=torch.bfloat16)
     x, bias = torch.randn(rows, dim, **bf16), torch.randn(ffn_dim, **bf16)
     w = torch.randn(ffn_dim, dim, **bf16) / dim**0.5
     ways = {"separate": lambda: torch.nn.functional.gelu(torch.nn.functional.linear(x, w, bias), approximate="tanh"),
             "epilogue": lambda: torch._addmm_activation(bias, x, w.t(), use_gelu=True)}
-    ms = {}
-    for name, fn in ways.items():
-        for _ in range(3):
-            fn()
-        ms[f"{name}_ms"] = statistics.median(cuda_time_ms(fn, repeats=repeats))
-    ref, out = ways["separate"]().float(), ways["epilogue"]().float()
-    return {**ms, "shape": [rows, dim, ffn_dim], "relative_l2": ((out - ref).norm() / ref.norm()).item(),
+    ms = {f"{name}_ms": median_ms(fn, n=repeats) for name, fn in ways.items()}
+    return {**ms, "shape": [rows, dim, ffn_dim], "relative_l2": rel_l2(ways["epilogue"](), ways["separate"]()),
             "gelu_epilogue": ms["epilogue_ms"] < ms["separate_ms"]}
 
 
