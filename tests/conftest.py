@@ -24,16 +24,9 @@ def fp32_model(dit_config, seed=0):
 HD128 = dataclasses.replace(get_config("tiny").dit, dim=256, ffn_dim=384, num_heads=2)
 
 
-def diffusers_twin(dit_config, model):
-    """diffusers' WanTransformer3DModel with the same weights, given through the key map."""
-    from diffusers import WanTransformer3DModel
+def diffusers_twin(dit_config, model):  # noqa: ARG001 - the config is the model's
+    """diffusers' WanTransformer3DModel with the same weights and dtype as `model`, through the key map (the peer
+    the capture times, with every module in the model's dtype: the parity setting)."""
+    from wanopt.profiling.peers import diffusers_twin as twin
 
-    from wanopt.weights import wan_state_dict_to_diffusers
-
-    c = dit_config
-    twin = WanTransformer3DModel(
-        patch_size=c.patch_size, num_attention_heads=c.num_heads, attention_head_dim=c.head_dim,
-        in_channels=c.in_dim, out_channels=c.out_dim, text_dim=c.text_dim, freq_dim=c.freq_dim,
-        ffn_dim=c.ffn_dim, num_layers=c.num_layers, cross_attn_norm=c.cross_attn_norm, eps=c.eps)
-    twin.load_state_dict(wan_state_dict_to_diffusers(model.state_dict()), strict=True)
-    return twin.eval()
+    return twin(model, keep_fp32_modules=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from wanopt.models.layers import rope_table
-from wanopt.profiling.timing import rel_l2
+from wanopt.measure import rel_l2
 from wanopt.stages.dtype_hygiene import qk_norm_rope, rope_cos_sin
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

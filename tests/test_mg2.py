@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from wanopt.configs import MG2_GTA, MG2_TEMPLERUN, MG2_TINY, MG2_UNIVERSAL
 from wanopt.models import CausalWanModel, KVCache
 from wanopt.models.action import action_windows
-from wanopt.models.causal import build_causal
 from wanopt.models.layers import set_compute_dtype
+from wanopt.weights import build_causal
 
 
 def tiny(**changes):

@@ -7,9 +7,8 @@ from safetensors.torch import save_file
 
 from test_mg2 import TINY_TEMPLERUN
 from wanopt.configs import MG2_TINY
-from wanopt.models.causal import build_causal
 from wanopt.pipelines.causal import CausalPipeline
-from wanopt.weights import CheckpointError, save_checkpoint
+from wanopt.weights import CheckpointError, build_causal, save_checkpoint
 
 
 def same_weights(a, b):

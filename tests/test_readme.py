@@ -1,8 +1,11 @@
 """The README's results table is generated from the committed manifests; it must not drift from them."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
-from wanopt.profiling.report import readme_table
+from wanopt.profiling.results import COLUMNS, readme_table, result_rows
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -17,3 +20,15 @@ def test_readme_results_table_matches_the_manifests():
 def test_readme_test_command_is_what_ci_runs():
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert ci in README.read_text()
+
+
+def test_table_json_holds_every_row_of_the_readme_table():
+    out = subprocess.run([sys.executable, "-m", "wanopt", "table", "--format", "json"], capture_output=True,
+                         text=True, check=True)
+    rows = json.loads(out.stdout)
+    assert rows == result_rows() and len(rows) == len(readme_table().splitlines()) - 2
+    assert all(set(r) == set(COLUMNS) for r in rows)
+    for r in rows:  # every speedup is against the same run's baseline, and every row names its device and run
+        assert r["device"] and r["run_id"] and r["median_ms"] > 0 and r["speedup_vs_baseline"] > 0
+    first = {r["workload"]: r for r in rows if r["stage"] == "00_baseline"}
+    assert all(first[r["workload"]]["run_id"] == r["run_id"] for r in rows)

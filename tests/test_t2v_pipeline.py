@@ -7,6 +7,7 @@ import torch
 from wanopt.configs import get_config, latent_shape, num_tokens
 from wanopt.pipelines.schedulers import flow_euler, flow_unipc, timesteps_for
 from wanopt.pipelines.t2v import ByteTokenizer, CheckpointLayout, WanT2V
+from wanopt.weights import CheckpointError
 
 A14B_TIMESTEPS = [int(t) for t in (
     "999 997 995 993 990 988 985 982 979 976 972 969 965 961 956 952 947 941 936 929 922 915 907 898 888 877 "
@@ -93,20 +94,29 @@ def test_prompt_encoding_trims_to_real_length_and_uses_the_default_negative_prom
     assert mask.sum() == 512 and ids[0, -1] == 1
 
 
+def _touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+
 def test_checkpoint_layout_finds_official_and_diffusers_folders(tmp_path):
     a14b = get_config("wan2.2-t2v-a14b")
-    (tmp_path / "off" / "high_noise_model").mkdir(parents=True)
-    (tmp_path / "off" / "low_noise_model").mkdir()
-    (tmp_path / "off" / "Wan2.1_VAE.pth").write_bytes(b"")
+    for sub in ("high_noise_model", "low_noise_model"):
+        _touch(tmp_path / "off" / sub / "diffusion_pytorch_model.safetensors")
+    _touch(tmp_path / "off" / "Wan2.1_VAE.pth")
     off = CheckpointLayout.find(a14b, tmp_path / "off")
     assert off.experts["high_noise"].name == "high_noise_model" and off.vae.name == "Wan2.1_VAE.pth"
-    for sub in ("transformer", "transformer_2", "vae"):
-        (tmp_path / "dif" / sub).mkdir(parents=True)
+    assert off.missing(["dit", "vae"]) == {} and list(off.missing(["t5", "tokenizer"])) == ["t5", "tokenizer"]
+    for sub in ("transformer", "transformer_2"):
+        _touch(tmp_path / "dif" / sub / "diffusion_pytorch_model.safetensors")
+    _touch(tmp_path / "dif" / "vae" / "config.json")
     dif = CheckpointLayout.find(a14b, tmp_path / "dif")
     assert dif.experts["high_noise"].name == "transformer" and dif.experts["low_noise"].name == "transformer_2"
-    (tmp_path / "half" / "high_noise_model").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="low_noise"):
-        CheckpointLayout.find(a14b, tmp_path / "half")
+    assert dif.vae.name == "vae"
+    _touch(tmp_path / "half" / "high_noise_model" / "diffusion_pytorch_model.safetensors")
+    (tmp_path / "half" / "low_noise_model").mkdir()  # a folder without weights is missing too
+    with pytest.raises(CheckpointError, match="low_noise"):
+        CheckpointLayout.find(a14b, tmp_path / "half").require(["dit"])
 
 
 def test_pipeline_loads_a_saved_checkpoint_folder(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from conftest import HD128, diffusers_twin, fp32_model
 from wanopt.configs import get_config
 from wanopt.models.layers import rope_apply, rope_split, rope_table
-from wanopt.profiling.timing import rel_l2
+from wanopt.measure import rel_l2
 from wanopt.weights import build_wan
 
 TINY = get_config("tiny").dit

@@ -1,84 +1,104 @@
-"""python -m wanopt capture | stages | workloads
+"""python -m wanopt capture | render | table | stages | workloads
 
-  capture    run a workload's stages on a GPU: ceilings, timing, traces, manifests (see wanopt.profiling.capture)
-  render     execute every notebook on this machine and write its outputs (and build/html/)
-  table      print the README's results table from the committed manifests
-  stages     list the optimization stages in their order
-  workloads  list the named workloads
+  capture    time and profile a workload's stages on a CUDA GPU: ceilings, CUDA-event timing, traces, manifests
+  render     execute every notebook on this machine (CPU is enough) and write its outputs and build/html/
+  table      the results table from the committed manifests (markdown, as in the README, or JSON rows)
+  stages     the optimization stages of each family, in order
+  workloads  the named workloads
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
-def main(argv=None) -> int:
+def _stage_lines() -> list[str]:
+    from .stages import FAMILY_STAGES
+
+    lines = []
+    for family, stages in FAMILY_STAGES.items():
+        lines.append(f"{family}:")
+        width = max(len(s.name) for s in stages)
+        for s in stages:
+            lines.append(f"  {s.name:<{width}}  {'exact  ' if s.exact else 'numeric'}  tol {s.tolerance:<6g}  {s.title}")
+    return lines
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .configs import WORKLOADS
+
     parser = argparse.ArgumentParser(prog="python -m wanopt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    cap = sub.add_parser("capture", help="time and profile a workload's stages on a GPU")
-    cap.add_argument("--workload", required=True, help="a named workload (python -m wanopt workloads)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{capture,render,table,stages,workloads}")
+    cap = sub.add_parser(
+        "capture", help="time and profile a workload's stages (needs a CUDA GPU)",
+        description="Time and profile a workload's stages on a CUDA GPU: per stage a manifest and a torch.profiler "
+                    "trace under OUT/<workload>/<stage>/. Needs a CUDA GPU; without one it stops and points at the "
+                    "committed traces/. Stages, in each family's order:\n" + "\n".join(_stage_lines()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cap.add_argument("--workload", required=True, help=f"a named workload: {', '.join(WORKLOADS)}")
     cap.add_argument("--stages", default="all", help="comma-separated stage names, or 'all' (default)")
     cap.add_argument("--out", default="traces", help="output folder (default traces/)")
-    cap.add_argument("--checkpoint", default=None, help="a local checkpoint folder instead of random weights")
+    cap.add_argument("--checkpoint", default=None, help="a local checkpoint instead of random weights")
     cap.add_argument("--seed", type=int, default=0)
     cap.add_argument("--no-profile", action="store_true", help="time only, write no traces")
     cap.add_argument("--peers", action="store_true", help="also time diffusers' WanTransformer3DModel (T2V)")
-    cap.add_argument("--compare-whole-compile", action="store_true",
-                     help="also time a whole-model torch.compile before the regional one (T2V)")
+    cap.add_argument("--compare-alternatives", action="store_true",
+                     help="also time each stage's alternative in the same run (whole-model against regional "
+                          "compile)")
     cap.add_argument("--attention-backend", default=None,
-                     help="force stage 05's attention kernel instead of the fastest measured (T2V), e.g. fa4")
-    cap.add_argument("--errors-only", action="store_true",
-                     help="no timing: per stage, the error against the baseline; --workload may list several "
-                          "comma-separated workloads of one model (T2V)")
-    ren = sub.add_parser("render", help="execute the notebooks in place and write build/html/")
-    ren.add_argument("notebooks", nargs="*", help="parts of notebook names (default: all)")
-    sub.add_parser("table", help="print the README results table from traces/")
-    sub.add_parser("stages", help="list the optimization stages")
-    sub.add_parser("workloads", help="list the named workloads")
-    args = parser.parse_args(argv)
+                     help="force the attention stage's kernel instead of the fastest measured, e.g. fa4")
+    ren = sub.add_parser("render", help="execute the notebooks and write build/html/",
+                         description="Execute the notebooks on this machine (they read committed traces and run "
+                                     "tiny models: no GPU needed), write their outputs in place and build/html/.")
+    ren.add_argument("notebooks", nargs="*", help="notebook paths under notebooks/ or unique parts of them "
+                                                  "(default: all, in reading order)")
+    tab = sub.add_parser("table", help="the results table from traces/ (markdown or JSON)",
+                         description="The README's results table, from the committed manifests.")
+    tab.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    sub.add_parser("stages", help="list the optimization stages in order",
+                   description="The optimization stages of each family, in their default order.")
+    sub.add_parser("workloads", help="list the named workloads", description="The named workloads.")
+    return parser
 
-    if args.command == "render":
-        from .render import render
 
-        render(args.notebooks or None)
-        return 0
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["render"]:  # render has options of its own (--sync, --verbose): it parses them
+        from .render import main as render_main
+
+        return render_main(argv[1:])
+    args = _parser().parse_args(argv)
     if args.command == "table":
-        from .profiling.report import readme_table
+        from .profiling.results import readme_table, result_rows
 
-        print(readme_table())
+        print(json.dumps(result_rows(), indent=2) if args.format == "json" else readme_table())
         return 0
     if args.command == "stages":
-        from .stages import T2V_STAGES
-
-        for s in T2V_STAGES:
-            print(f"{s.name:<18} {'exact' if s.exact else 'numeric'}  tol {s.tolerance:g}  {s.title}")
+        print("\n".join(_stage_lines()))
         return 0
     if args.command == "workloads":
         from .configs import WORKLOADS
 
+        width = max(len(w) for w in WORKLOADS)
+        cwidth = max(len(w.config) for w in WORKLOADS.values())
         for w in WORKLOADS.values():
-            print(f"{w.name:<16} {w.config:<18} {w.step}")
+            print(f"{w.name:<{width}}  {w.family:<3}  {w.config:<{cwidth}}  {w.step}")
         return 0
 
-    from .profiling.capture import CaptureNeedsGPU, capture, capture_errors
+    from .profiling.capture import CaptureNeedsGPU, capture
 
     try:
-        if args.errors_only:
-            capture_errors(args.workload.split(","), args.stages, args.out, seed=args.seed)
-            return 0
         capture(args.workload, args.stages, args.out, checkpoint=args.checkpoint, seed=args.seed,
-                profile=not args.no_profile, peers=args.peers, compare_whole_compile=args.compare_whole_compile,
+                profile=not args.no_profile, peers=args.peers, compare_alternatives=args.compare_alternatives,
                 attention_backend=args.attention_backend)
     except CaptureNeedsGPU as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyError as exc:
-        print(f"error: {exc.args[0]}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (KeyError, ValueError) as exc:
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -275,6 +275,12 @@ class Workload:
     size: tuple[int, int] | None = None  # (width, height); T2V only
     frame_num: int | None = None
     step: str = ""  # what one "step" in a trace contains
+    world_size: int = 1  # GPUs one run spreads over (sequence parallel); 1 for every single-GPU workload
+
+    @property
+    def family(self) -> str:
+        """The family, "t2v" or "mg2": which stage list, runner and notebooks folder the workload belongs to."""
+        return "mg2" if self.config.startswith("mg2") else "t2v"
 
 
 WORKLOADS: dict[str, Workload] = {

@@ -3,31 +3,45 @@
 Loading is strict: one error lists every missing, unexpected and mis-shaped key. Tensors are copied one at a
 time from the (memory-mapped) files into parameters that already live on the target device in the target dtype,
 so a 14B expert never exists as an fp32 copy on the CPU.
+
+Every model builder lives here (build_wan, build_causal, build_t5, build_vae). The import goes one way: this
+module imports wanopt.models, and nothing in wanopt.models imports it.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
-from .configs import T5Config, VAEConfig, WanConfig
+from .configs import CausalWanConfig, T5Config, VAEConfig, WanConfig, get_mg2_config
+from .models.causal import CausalWanModel
+from .models.layers import apply_compute_dtype
+from .models.wan import WanModel
 
 OFFICIAL_WEIGHTS = "diffusion_pytorch_model.safetensors"
 OFFICIAL_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model: lists missing, unexpected and mis-shaped keys."""
+    """A checkpoint that cannot be used, said in one error: the keys that do not fit the model (missing, unexpected,
+    mis-shaped), the components a checkpoint folder lacks (`missing_components`), or a file that is not valid
+    safetensors (`unreadable`)."""
 
-    def __init__(self, path, missing=(), unexpected=(), mismatched=(), hint=""):
+    def __init__(self, path, missing=(), unexpected=(), mismatched=(), hint="", *, message: str | None = None):
+        self.path = path
         self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
+        self.components: dict[str, list[Path]] = {}  # missing component -> where it was looked for
+        msg = self._key_listing() if message is None else message
+        super().__init__(msg + (f"\n  {hint}" if hint else ""))
 
+    def _key_listing(self) -> str:
         def listing(title, items, fmt=str):
             if not items:
                 return ""
@@ -35,12 +49,38 @@ class CheckpointError(ValueError):
             more = f"\n    ... and {len(items) - 12} more" if len(items) > 12 else ""
             return f"\n  {title} ({len(items)}):\n{shown}{more}"
 
-        msg = (f"checkpoint {path} does not match the model"
-               + listing("missing keys (in the model, not in the checkpoint)", self.missing)
-               + listing("unexpected keys (in the checkpoint, not in the model)", self.unexpected)
-               + listing("mis-shaped keys (name: checkpoint shape vs model shape)", self.mismatched,
-                         lambda m: f"{m[0]}: {list(m[1])} vs {list(m[2])}"))
-        super().__init__(msg + (f"\n  {hint}" if hint else ""))
+        return (f"checkpoint {self.path} does not match the model"
+                + listing("missing keys (in the model, not in the checkpoint)", self.missing)
+                + listing("unexpected keys (in the checkpoint, not in the model)", self.unexpected)
+                + listing("mis-shaped keys (name: checkpoint shape vs model shape)", self.mismatched,
+                          lambda m: f"{m[0]}: {list(m[1])} vs {list(m[2])}"))
+
+    @classmethod
+    def missing_components(cls, root, looked: dict, hint: str = "") -> "CheckpointError":
+        """Components a checkpoint folder lacks, each with the paths where it was looked for."""
+        lines = [f"checkpoint folder {root} lacks {len(looked)} component(s) the pipeline needs:"]
+        lines += [f"    {name}: looked for {' or '.join(str(p) for p in paths)}" for name, paths in looked.items()]
+        err = cls(root, message="\n".join(lines), hint=hint)
+        err.components = {name: list(paths) for name, paths in looked.items()}
+        return err
+
+    @classmethod
+    def unreadable(cls, path, exc: Exception) -> "CheckpointError":
+        """A file that safetensors cannot parse: its path, the parser's words, the likely cause and the fix."""
+        return cls(path, message=f"{path} is not a valid safetensors file ({exc}). A truncated or interrupted "
+                                 f"download is the usual cause: compare its size with the source's listing and "
+                                 f"download it again.")
+
+
+class RandomWeightsWarning(UserWarning):
+    """A model or pipeline built with seeded random weights for some component: its output is noise."""
+
+
+def warn_random(owner: str, components, reason: str, stacklevel: int = 2) -> None:
+    """One console line naming the random components (output from random weights is noise, so say so). stacklevel
+    counts from the caller, as in warnings.warn: point it at the user's line that built the pipeline."""
+    warnings.warn(f"{owner}: random weights for {', '.join(components)} ({reason}); the output is noise, fine for "
+                  f"profiling only.", RandomWeightsWarning, stacklevel=stacklevel + 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -104,8 +144,6 @@ def t5_key_to_hf(key: str) -> str:
 
 def _checkpoint_key_map(model: nn.Module, ckpt_keys) -> dict[str, str]:
     """checkpoint key -> model key, for whichever layout the checkpoint is in."""
-    from .models.wan import WanModel
-
     keys = list(ckpt_keys)
     # Matrix-Game-2 files are saved from a wrapper (`model.`); ComfyUI-style files carry `model.diffusion_model.`.
     for prefix in ("model.diffusion_model.", "model."):
@@ -143,7 +181,11 @@ def checkpoint_files(path: str | Path) -> list[Path]:
     indexes = sorted(p.glob("*.safetensors.index.json"))
     if indexes:
         index = indexes[0]
-        weight_map = json.loads(index.read_text())["weight_map"]
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(index, message=f"{index} is not a valid shard index (JSON with a 'weight_map': "
+                                                 f"{exc!r}); download it again") from exc
         files = sorted(set(weight_map.values()))
         missing = [f for f in files if not (p / f).exists()]
         if missing:
@@ -162,12 +204,24 @@ def checkpoint_files(path: str | Path) -> list[Path]:
     return files
 
 
+def open_safetensors(path: Path):
+    """safe_open, with a parse failure turned into a CheckpointError that names the file (safetensors' own message,
+    e.g. "header too large", does not)."""
+    try:
+        return safe_open(path, framework="pt")
+    except SafetensorError as exc:
+        raise CheckpointError.unreadable(path, exc) from exc
+
+
 def _read_header(files: list[Path]) -> dict[str, tuple[Path, tuple[int, ...]]]:
     out = {}
     for f in files:
-        with safe_open(f, framework="pt") as sf:
-            for k in sf.keys():
-                out[k] = (f, tuple(sf.get_slice(k).get_shape()))
+        with open_safetensors(f) as sf:
+            try:
+                for k in sf.keys():
+                    out[k] = (f, tuple(sf.get_slice(k).get_shape()))
+            except SafetensorError as exc:
+                raise CheckpointError.unreadable(f, exc) from exc
     return out
 
 
@@ -208,9 +262,13 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
         by_file.setdefault(header[orig][0], []).append(orig)
     with torch.no_grad():
         for f, keys in by_file.items():
-            with safe_open(f, framework="pt") as sf:
+            with open_safetensors(f) as sf:
                 for orig in keys:
-                    params[mapping[orig]].copy_(sf.get_tensor(orig))
+                    try:
+                        tensor = sf.get_tensor(orig)
+                    except SafetensorError as exc:
+                        raise CheckpointError.unreadable(f, exc) from exc
+                    params[mapping[orig]].copy_(tensor)
     return model
 
 
@@ -279,16 +337,51 @@ def _materialize(build, device, dtype) -> nn.Module:
     return model
 
 
-def build_wan(config: WanConfig, device="cpu", dtype=torch.bfloat16, seed: int = 0, checkpoint=None):
-    """A WanModel on `device` in `dtype`: loaded from `checkpoint`, else seeded random weights at real size."""
-    from .models.wan import WanModel
+def build_wan(config: WanConfig, device="cpu", dtype=torch.bfloat16, seed: int = 0, checkpoint=None, *,
+              compute_dtype: torch.dtype | None = torch.bfloat16) -> WanModel:
+    """A WanModel on `device` with `dtype` parameters: loaded from `checkpoint`, else seeded random weights at real
+    size.
 
-    model = _materialize(lambda: WanModel(config), device, dtype)
+    compute_dtype is the precision the model computes in, independently of the parameter dtype, because the model
+    emulates upstream's bf16 autocast (models/layers.py): torch.bfloat16 (default) runs the linears, the patch conv
+    and the attention inputs in bf16 with upstream's fp32 islands, as the official pipeline does; torch.float32
+    (with dtype=torch.float32) is a true fp32 model, the setting for a comparison against another fp32
+    implementation; None computes each op in its input's dtype. `model.float()` alone does not change it.
+    """
+    return _build(lambda: WanModel(config), device, dtype, seed, checkpoint, compute_dtype)
+
+
+def build_causal(config: CausalWanConfig | str, device="cpu", dtype=torch.bfloat16, seed: int = 0,
+                 checkpoint=None, *, compute_dtype: torch.dtype | None = torch.bfloat16) -> CausalWanModel:
+    """A CausalWanModel on `device` in `dtype`: from a Matrix-Game-2 safetensors file (`model.` prefix optional,
+    fp32 on disk cast on load, strict), else seeded random weights at real size drawn on the device.
+
+    The model has no autocast (upstream runs it all in `dtype`); compute_dtype is what the attention inputs are cast
+    to when they are not half already (upstream's flash_attention() casts to bf16). For an fp32 comparison pass
+    dtype=torch.float32, compute_dtype=torch.float32 (or None).
+    """
+    config = get_mg2_config(config) if isinstance(config, str) else config
+    return _build(lambda: CausalWanModel(config), device, dtype, seed, checkpoint, compute_dtype)
+
+
+def _build(make, device, dtype, seed, checkpoint, compute_dtype):
+    """Materialize, then load the checkpoint (strict) or draw random weights, then set the compute dtype."""
+    _check_given(checkpoint)
+    model = _materialize(make, device, dtype)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     else:
         init_random_(model, seed)
+    apply_compute_dtype(model, compute_dtype)
+    model.__dict__.pop("_precision_pending", None)  # dtype and compute_dtype were chosen here, explicitly
     return model.eval().requires_grad_(False)
+
+
+def _check_given(checkpoint):
+    """An empty path would silently mean the current directory: refuse it."""
+    if checkpoint is not None and not str(checkpoint).strip():
+        raise ValueError("checkpoint is an empty path; pass the checkpoint's file or folder, or None for random "
+                         "weights")
 
 
 def build_t5(config: T5Config, device="cpu", dtype=torch.bfloat16, seed: int = 0, checkpoint=None):
@@ -308,7 +401,7 @@ def build_t5(config: T5Config, device="cpu", dtype=torch.bfloat16, seed: int = 0
         if not path.exists():
             raise FileNotFoundError(f"T5 checkpoint {path} does not exist (upstream name: "
                                     f"models_t5_umt5-xxl-enc-bf16.pth in the model folder)")
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = _torch_load(path, mmap=True)
         state = {t5_key_to_hf(k): v for k, v in state.items()}
         params = model.state_dict()
         tied = {"encoder.embed_tokens.weight"}
@@ -342,7 +435,7 @@ def build_vae(config: VAEConfig, device="cpu", dtype=torch.float32, seed: int = 
         path = Path(checkpoint)
         if not path.exists():
             raise FileNotFoundError(f"VAE checkpoint {path} does not exist (upstream name: Wan2.1_VAE.pth)")
-        state = convert_wan_vae_to_diffusers(torch.load(path, map_location="cpu", weights_only=True))
+        state = convert_wan_vae_to_diffusers(_torch_load(path))
         vae = AutoencoderKLWan(**kwargs)
         result = vae.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
@@ -352,6 +445,17 @@ def build_vae(config: VAEConfig, device="cpu", dtype=torch.float32, seed: int = 
         torch.manual_seed(seed)
         vae = AutoencoderKLWan(**kwargs)
     return _to(vae, device, dtype)
+
+
+def _torch_load(path: Path, mmap: bool = False) -> dict:
+    """torch.load of upstream's .pth files (T5, VAE), with a failure to read that names the file."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(path, message=f"{path} is not a readable PyTorch checkpoint ({exc}). A truncated or "
+                                            f"interrupted download is the usual cause: download it again.") from exc
 
 
 def _to(module, device, dtype):

@@ -1,7 +1,7 @@
 """CausalWanModel: the Matrix-Game-2 DiT (`wan/modules/causal_model.py`), its KV-cached inference path.
 
-Read top to bottom: the caches, attention, block, head, model, build. What a user's copy of upstream pays is kept
-on purpose, because the notebooks measure it (spec matrix_game2.md §3, §5.3):
+Read top to bottom: the caches, attention, block, head, model; its builder is `wanopt.weights.build_causal`. What a
+user's copy of upstream pays is kept on purpose, because the notebooks measure it (spec matrix_game2.md §3, §5.3):
   - the whole model in bf16: no autocast, no float32 islands; norms and RoPE upcast inside and cast back;
   - per-frame adaLN: the timestep is embedded per latent frame (t is [B, F]) and broadcast over that frame's tokens;
   - RoPE in complex128 on every call, time positions absolute (start frame + f): keys enter the cache rotated;
@@ -26,10 +26,9 @@ import torch
 import torch.nn as nn
 from torch.profiler import record_function
 
-from .. import weights
-from ..configs import CausalWanConfig, get_mg2_config
+from ..configs import CausalWanConfig
 from .action import ActionModule
-from .layers import WanRMSNorm, rope_apply, rope_table, sinusoidal_embedding_1d, varlen_attention
+from .layers import ComputeDtypeMixin, WanRMSNorm, rope_apply, rope_table, sinusoidal_embedding_1d, varlen_attention
 from .wan import WanModel
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -254,7 +253,7 @@ class ImageEmbedding(nn.Module):
 # Model
 
 
-class CausalWanModel(nn.Module):
+class CausalWanModel(ComputeDtypeMixin, nn.Module):
     """`model(x, t, visual_context, cond_concat, mouse_cond, keyboard_cond, cache=..., current_start=s·S)` → v.
 
     One call denoises one block of F = num_frame_per_block latent frames starting at latent frame s:
@@ -263,7 +262,16 @@ class CausalWanModel(nn.Module):
       keyboard-only configs) and keyboard_cond [1, Nf, K] with Nf = 1 + 4·(s + F − 1): every action from video
       frame 0 to the end of the block; cache a KVCache of this config; current_start = s·frame_seq_length tokens.
     Returns the flow velocity v [1, 16, F, H, W] in the model's dtype. Only the KV-cached (inference) path exists.
+    Every floating input must be in the model's dtype (no autocast here, as upstream); the error says so up front.
+
+    Precision: linears compute in the parameter dtype; the attention inputs are cast to compute_dtype (bf16, as
+    upstream's flash_attention() does) when they are not already half: `build_causal(..., compute_dtype=)` sets it.
     """
+
+    builder = "wanopt.weights.build_causal"
+    half_parts = "the attention inputs (q, k, v)"
+    half_note = ("{parts} are cast to {dtype} as upstream's flash_attention() does; linears compute in the "
+                 "parameter dtype")
 
     def __init__(self, config: CausalWanConfig):
         super().__init__()
@@ -316,9 +324,27 @@ class CausalWanModel(nn.Module):
     # -- helpers -------------------------------------------------------------------------------------------------
 
     def check_inputs(self, x, t, visual_context, cond_concat, mouse, keyboard, cache, current_start):
+        self.check_precision()
         c, a = self.config, self.config.action
         f, (h, w) = c.num_frame_per_block, c.latent_hw
         noisy, cond = c.out_dim, c.in_dim - c.out_dim
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"t must be a tensor of one timestep per latent frame, [1, {f}]; got {type(t).__name__}. "
+                            f"Use torch.ones(1, {f}) * t.")
+        for name, value, optional in (("x", x, False), ("visual_context", visual_context, False),
+                                      ("cond_concat", cond_concat, False), ("mouse_cond", mouse, True),
+                                      ("keyboard_cond", keyboard, True)):
+            if not isinstance(value, torch.Tensor) and not (optional and value is None):
+                raise TypeError(f"{name} must be a tensor; got {type(value).__name__}")
+        if x.dim() == 5 and x.size(0) != 1:
+            raise ValueError(f"x has batch {x.size(0)}; CausalWanModel runs batch 1 only, as upstream (the KV cache "
+                             f"holds one video). Make the videos one after the other, cache.reset() between them.")
+        if x.dim() == 5 and x.size(1) != noisy:
+            hint = (f" x looks like noisy latent ‖ cond_concat; pass the {noisy} noisy channels as x and the {cond} "
+                    f"mask ‖ image-latent channels as cond_concat (the model concatenates them)"
+                    if x.size(1) == c.in_dim else "")
+            raise ValueError(f"x has {x.size(1)} channels; the noisy latent of {c.name} has {noisy} "
+                             f"([1, {noisy}, {f}, {h}, {w}]).{hint}")
         if x.dim() != 5 or x.shape[:3] != (1, noisy, f) or tuple(x.shape[3:]) != (h, w):
             raise ValueError(f"x must be one block of noisy latents [1, {noisy}, {f}, {h}, {w}] (batch 1, "
                              f"num_frame_per_block={f}, latent_hw={c.latent_hw}); got {list(x.shape)}. Slice the "
@@ -338,6 +364,8 @@ class CausalWanModel(nn.Module):
         if not isinstance(cache, KVCache) or cache.config != c:
             raise ValueError("cache must be a KVCache built from this model's config: KVCache(model.config, device, "
                              "dtype); this model runs the KV-cached inference path only")
+        self.check_dtypes(x=x, visual_context=visual_context, cond_concat=cond_concat, mouse_cond=mouse,
+                          keyboard_cond=keyboard)
         s = current_start // c.frame_seq_length
         stride = a.vae_time_compression_ratio
         expected = 1 + stride * (s + f - 1)
@@ -359,21 +387,20 @@ class CausalWanModel(nn.Module):
                     f"1 + {stride}·({s} + {f} − 1) = {expected}: every action from video frame 0 to the end of this "
                     f"block. Pass {name}[:, :{expected}] of the whole trajectory (upstream's cond_current).")
 
+    def check_dtypes(self, **inputs):
+        """Every floating input in the parameters' dtype: upstream runs this model without autocast, so an fp32
+        latent into the bf16 model would otherwise fail deep inside the patch convolution."""
+        dtype = self.patch_embedding.weight.dtype
+        wrong = {k: v.dtype for k, v in inputs.items() if v is not None and v.dtype != dtype}
+        if wrong:
+            got = ", ".join(f"{k} is {str(d).removeprefix('torch.')}" for k, d in wrong.items())
+            name = str(dtype).removeprefix("torch.")
+            raise TypeError(f"CausalWanModel's parameters are {name} and it runs without autocast, so its inputs "
+                            f"must be {name} too; got: {got}. Cast them (x.to(torch.{name}), ...) as CausalPipeline "
+                            f"does, or build the model in their dtype (build_causal(..., dtype=...)).")
+
     # the kernel of every attention (self, cross, mouse, keyboard): an SDPA backend or "flex", as for WanModel
     set_attention_backend = WanModel.set_attention_backend
 
 
-def build_causal(config: CausalWanConfig | str, device="cpu", dtype=torch.bfloat16, seed: int = 0,
-                 checkpoint=None) -> CausalWanModel:
-    """A CausalWanModel on `device` in `dtype`: from a Matrix-Game-2 safetensors file (`model.` prefix optional,
-    fp32 on disk cast on load, strict), else seeded random weights at real size drawn on the device."""
-    config = get_mg2_config(config) if isinstance(config, str) else config
-    model = weights._materialize(lambda: CausalWanModel(config), device, dtype)
-    if checkpoint is not None:
-        weights.load_checkpoint(model, checkpoint)
-    else:
-        weights.init_random_(model, seed)
-    return model.eval().requires_grad_(False)
-
-
-__all__ = ["CausalWanModel", "KVCache", "LayerCache", "RollingKV", "CrossAttnKV", "build_causal"]
+__all__ = ["CausalWanModel", "KVCache", "LayerCache", "RollingKV", "CrossAttnKV"]

@@ -6,9 +6,15 @@ compute something else in CI. Instead, `AutocastLinear` does what CUDA autocast 
 and the weight to the region's dtype, every call (autocast caches no weight casts when requires_grad is False).
 The result is the same kernels on the GPU (the casts show up in traces as `aten::to` copies, as they do
 under autocast) and the same numbers on any device.
+
+The precision therefore lives in the modules, not in the parameters: `model.float()` alone leaves the linears in
+bf16. The builders' `compute_dtype=` sets it (torch.float32 for an fp32 comparison), the top model's repr shows
+it, and a model that runs after such a cast with bf16 compute warns once (ComputeDtypeMixin).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn as nn
@@ -69,6 +75,98 @@ def fp32_island(linear: AutocastLinear) -> AutocastLinear:
     linear.compute_dtype = torch.float32
     linear.fp32_island = True
     return linear
+
+
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def check_compute_dtype(dtype) -> torch.dtype | None:
+    """`dtype` itself if it is a floating torch dtype or None, else a TypeError that says what is accepted."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"compute_dtype must be a floating torch dtype (torch.bfloat16, the official autocast; "
+                        f"torch.float32 for an fp32 comparison) or None (each op in its input's dtype); got {dtype!r}")
+    return dtype
+
+
+def apply_compute_dtype(module: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """What the builders' `compute_dtype=` does. bfloat16 (or float16): the official autocast, fp32 islands kept.
+    float32 or None: the whole model in one precision (islands too), which is what a comparison against an fp32
+    implementation needs."""
+    half = check_compute_dtype(dtype) in HALF_DTYPES
+    return set_compute_dtype(module, dtype, fp32_islands=not half)
+
+
+class PrecisionWarning(UserWarning):
+    """Parameters cast to float32 (or float64) while the emulated autocast still computes in half precision."""
+
+
+def compute_dtype_of(module: nn.Module):
+    """The dtype the emulated autocast computes in, outside the fp32 islands: one dtype, None (each op in its
+    input's dtype), or a tuple of the dtypes found when a model mixes them."""
+    found = {m.compute_dtype for m in module.modules()
+             if hasattr(m, "compute_dtype") and not getattr(m, "fp32_island", False)}
+    if len(found) == 1:
+        return found.pop()
+    return tuple(sorted(found, key=str))
+
+
+class ComputeDtypeMixin:
+    """For the top models: the compute dtype in the repr, and a one-time PrecisionWarning when the model runs after
+    `.float()` / `.to(torch.float32)` / `.double()` left its compute dtype at bf16.
+
+    Why: the models emulate autocast (see the module docstring), so casting the parameters does not change the
+    precision the linears (WanModel) or the attention kernel (both models) compute in: an "fp32" model would sit
+    ~3e-3 from an fp32 reference with no hint. The warning is armed by the cast and fires at the first forward that
+    still has the mismatch, so the documented fix right after the cast (`set_compute_dtype(model.float(), None,
+    fp32_islands=True)`) stays silent.
+    """
+
+    builder = "the builder"  # the function whose compute_dtype= argument sets the precision, named in messages
+    half_parts = "its half-precision parts"  # what computes in compute_dtype, for the messages
+    half_note = "{parts} compute in {dtype} whatever the parameter dtype"  # the repr's explanation
+
+    @property
+    def autocast_dtype(self):
+        """The compute dtype outside the fp32 islands (see compute_dtype_of)."""
+        return compute_dtype_of(self)
+
+    def extra_repr(self) -> str:
+        dtype = self.autocast_dtype
+        name = lambda d: str(d).removeprefix("torch.")  # noqa: E731
+        if dtype in HALF_DTYPES:
+            note = self.half_note.format(parts=self.half_parts, dtype=name(dtype))
+            return (f"compute_dtype={name(dtype)} ({note}; pass compute_dtype=torch.float32 to {self.builder} for an "
+                    f"fp32 comparison)")
+        if isinstance(dtype, tuple):
+            return f"compute_dtype=mixed ({', '.join(name(d) for d in dtype)})"
+        return f"compute_dtype={name(dtype)}" + (" (each op in its input's dtype)" if dtype is None else "")
+
+    def _apply(self, fn, recurse=True):
+        before = self._param_dtype()
+        out = super()._apply(fn, recurse)
+        after = self._param_dtype()
+        if after != before and after in (torch.float32, torch.float64):
+            self._precision_pending = True  # checked (and cleared) by the next forward
+        return out
+
+    def _param_dtype(self):
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), None)
+
+    def check_precision(self) -> None:
+        """Warn once if a cast to fp32 left the compute dtype at half precision (called at the start of forward)."""
+        if not self.__dict__.get("_precision_pending", False):
+            return
+        self._precision_pending = False
+        dtype, params = self.autocast_dtype, self._param_dtype()
+        halves = [d for d in (dtype if isinstance(dtype, tuple) else (dtype,)) if d in HALF_DTYPES]
+        if not halves:
+            return
+        half = str(halves[0]).removeprefix("torch.")
+        warnings.warn(
+            f"{type(self).__name__}: the parameters are {str(params).removeprefix('torch.')} but {self.half_parts} "
+            f"still compute in {half} (see the model's repr), ~1e-3 from an fp32 reference. For an fp32 model build "
+            f"it with {self.builder}(..., dtype=torch.float32, compute_dtype=torch.float32), or call "
+            f"wanopt.models.layers.apply_compute_dtype(model, torch.float32).", PrecisionWarning, stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -308,5 +406,6 @@ __all__ = [
     "rope_params", "rope_table", "rope_split", "rope_apply", "sdpa", "varlen_attention", "attention_flops",
     "SDPA_BACKENDS", "ATTENTION_BACKENDS", "EXTERNAL_BACKENDS", "KNOWN_BACKENDS", "check_attention_backend",
     "attention", "fa4_attention",
-    "flex_attention_bhsd", "AutocastConv3d", "param_count",
+    "flex_attention_bhsd", "AutocastConv3d", "param_count", "check_compute_dtype", "apply_compute_dtype",
+    "compute_dtype_of", "ComputeDtypeMixin", "PrecisionWarning", "HALF_DTYPES",
 ]

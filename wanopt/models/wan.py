@@ -18,14 +18,15 @@ traces be broken down per block and part.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn as nn
 from torch.profiler import record_function
 
 from ..configs import WanConfig
-from .layers import (AutocastConv3d, AutocastLinear, WanLayerNorm, WanRMSNorm, fp32_island, rope_apply, rope_table,
-                     check_attention_backend, sinusoidal_embedding_1d, varlen_attention)
+from .layers import (AutocastConv3d, AutocastLinear, ComputeDtypeMixin, WanLayerNorm, WanRMSNorm, fp32_island,
+                     rope_apply, rope_table, check_attention_backend, sinusoidal_embedding_1d, varlen_attention)
 
 
 class WanSelfAttention(nn.Module):
@@ -100,12 +101,21 @@ class Head(nn.Module):
         return self.head(self.norm(x) * (1 + scale) + shift)
 
 
-class WanModel(nn.Module):
+class WanModel(ComputeDtypeMixin, nn.Module):
     """`model(x, t, context)` → flow velocity.
 
-    x: [B, in_dim, F, H, W] latent; t: [B] timesteps (or [B, L] per token); context: [B, <=text_len, text_dim]
-    text embeddings, zero-padded to text_len here as upstream pads them. Returns float32 [B, out_dim, F, H, W].
+    x: [B, in_dim, F, H, W] latent; t: [B] timesteps (or [B, L] per token), or one Python number / 0-d tensor for
+    the whole batch; context: [B, <=text_len, text_dim] text embeddings, zero-padded to text_len here as upstream
+    pads them. Returns float32 [B, out_dim, F, H, W].
+
+    Precision: the linears, the patch convolution and the attention inputs compute in the emulated autocast dtype
+    (bf16 by default, see layers.py), whatever the parameter dtype; `build_wan(..., compute_dtype=)` sets it, the
+    repr shows it.
     """
+
+    builder = "wanopt.weights.build_wan"
+    half_parts = "the linears, the patch convolution and the attention inputs"
+    half_note = "autocast emulation: {parts} compute in {dtype} whatever the parameter dtype"
 
     def __init__(self, config: WanConfig):
         super().__init__()
@@ -127,7 +137,8 @@ class WanModel(nn.Module):
 
     # -- the forward pass ----------------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
+        t = self.as_timesteps(t, x)
         self.check_inputs(x, t, context)
         if self.freqs.device != x.device:
             self.freqs = self.freqs.to(x.device)
@@ -179,8 +190,25 @@ class WanModel(nn.Module):
 
     # -- helpers -------------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def as_timesteps(t, x: torch.Tensor) -> torch.Tensor:
+        """A Python number or a 0-d tensor is one timestep for every sample: [B] on x's device (what a user who
+        writes `model(x, 999, ctx)` means). Tensors of 1 or 2 dims pass through unchanged."""
+        if isinstance(t, torch.Tensor):
+            return t.to(x.device).expand(x.size(0)) if t.dim() == 0 else t
+        if isinstance(t, bool) or not isinstance(t, numbers.Real):
+            raise TypeError(f"t must be a tensor of timesteps [B] or [B, L], or one number for the whole batch; got "
+                            f"{type(t).__name__}. Example: model(x, torch.tensor([999.0]), context).")
+        integral = isinstance(t, numbers.Integral)
+        return torch.full((x.size(0),), int(t) if integral else float(t), device=x.device,
+                          dtype=torch.long if integral else torch.float32)
+
     def check_inputs(self, x, t, context):
+        self.check_precision()
         c = self.config
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"t must be a tensor [B] or [B, L]; got {type(t).__name__}. Convert a number with "
+                            f"WanModel.as_timesteps(t, x) (WanModel.forward does this itself).")
         if x.dim() != 5 or x.size(1) != c.in_dim:
             raise ValueError(f"WanModel expects x as a latent video [B, {c.in_dim}, F, H, W]; got shape "
                              f"{list(x.shape)}. Add the batch dimension (x[None]) or check the VAE's z_dim.")

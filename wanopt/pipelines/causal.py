@@ -21,7 +21,8 @@ import torch
 from torch.profiler import record_function
 
 from ..configs import CausalWanConfig, get_mg2_config
-from ..models.causal import KVCache, build_causal
+from ..models.causal import KVCache
+from ..weights import build_causal, warn_random
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -60,6 +61,11 @@ class CausalPipeline:
     """`CausalPipeline("mg2-universal", device="cuda")`: random weights at real size (or `checkpoint=` a released
     safetensors file), one caller-owned KVCache sized once.
 
+    A given checkpoint loads strictly (a missing file, a file that is not safetensors, or any missing, unexpected or
+    mis-shaped key is one CheckpointError or FileNotFoundError); without one, the DiT is seeded random, the console
+    says so once (RandomWeightsWarning) and `pipe.random_components` is ("dit",), () with a checkpoint, for a
+    capture's manifest.
+
     Drive it one block at a time (the profiling harness):
         state = pipe.start(num_blocks, seed=0)   # noise, conditioning, actions drawn; caches reset
         x0 = pipe.next_block(state)               # one block, see next_block
@@ -72,6 +78,11 @@ class CausalPipeline:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype
         self.model = build_causal(self.config, device=self.device, dtype=dtype, seed=seed, checkpoint=checkpoint)
+        self.random_components: tuple[str, ...] = () if checkpoint is not None else ("dit",)
+        if self.random_components:
+            warn_random(f"CausalPipeline({self.config.name!r})", self.random_components,
+                        "no checkpoint given; pass checkpoint= a Matrix-Game-2 .safetensors file for real output",
+                        stacklevel=2)
         self.cache = KVCache(self.config, device=self.device, dtype=dtype)
         sigmas, timesteps = flow_match_schedule(self.config.timestep_shift)
         self.timesteps = warped_timesteps(self.config.denoising_step_list, timesteps)
@@ -84,6 +95,7 @@ class CausalPipeline:
               keyboard=None) -> CausalState:
         """Draw the noise of the whole video (N = num_blocks·3 latent frames), random conditioning and actions where
         none are given (seeded), and reset the caches. Given tensors must cover the whole video."""
+        self.check_model_dtype()
         c, a = self.config, self.config.action
         n, (h, w), dev = num_blocks * c.num_frame_per_block, c.latent_hw, self.device
         num_actions = 1 + a.vae_time_compression_ratio * (n - 1)
@@ -114,6 +126,15 @@ class CausalPipeline:
         return CausalState(noise, visual_context.to(dev, self.dtype), cond_concat.to(dev, self.dtype),
                            None if mouse is None else mouse.to(dev, self.dtype), keyboard.to(dev, self.dtype),
                            torch.zeros_like(noise), gen, num_blocks)
+
+    def check_model_dtype(self):
+        """The pipeline casts every DiT input to its dtype; a model cast since (pipe.model.float()) would get inputs
+        it cannot take, so say it before the first eval rather than inside the patch convolution."""
+        model_dtype = self.model.patch_embedding.weight.dtype
+        if model_dtype != self.dtype:
+            raise TypeError(f"pipe.model's parameters are {model_dtype} but the pipeline was built with dtype="
+                            f"{self.dtype} and casts the DiT inputs to it. Build CausalPipeline(..., dtype="
+                            f"{model_dtype}) instead of casting pipe.model afterwards.")
 
     def block_conditions(self, state: CausalState, s: int) -> dict:
         """Upstream `cond_current`: this block's cond_concat frames, the CLIP tokens, and the actions of every video

@@ -59,43 +59,102 @@ class HFTokenizer:
         return out.input_ids, out.attention_mask
 
 
+COMPONENTS = ("dit", "t5", "tokenizer", "vae")  # what a T2V checkpoint folder holds, in the order reported
+
+
 @dataclass
 class CheckpointLayout:
-    """Where each component of a local checkpoint lives (None: random weights)."""
+    """Where each component of a local checkpoint lives (None: not found there), and where each was looked for."""
 
     experts: dict[str, Path | None]
     t5: Path | None = None
     tokenizer: Path | None = None
     vae: Path | None = None
+    root: Path | None = None
+    looked: dict[str, list] = field(default_factory=dict)  # component label -> the paths that were checked
 
     @classmethod
     def find(cls, config: T2VConfig, root) -> "CheckpointLayout":
         """Official layout (high_noise_model/, low_noise_model/, models_t5_*.pth, Wan2.1_VAE.pth, google/umt5-xxl/)
-        or diffusers layout (transformer/, transformer_2/, text_encoder/, vae/, tokenizer/)."""
+        or diffusers layout (transformer/, transformer_2/, text_encoder/, vae/, tokenizer/). Absent components are
+        None here; `require` turns the ones a pipeline needs into one error."""
+        names = ["high_noise", "low_noise"] if config.num_experts == 2 else ["model"]
         if root is None:
-            names = ["high_noise", "low_noise"] if config.num_experts == 2 else ["model"]
             return cls({n: None for n in names})
+        if not str(root).strip() or not Path(root).is_dir():  # "" would silently mean the current directory
+            raise FileNotFoundError(f"checkpoint folder {str(root)!r} does not exist; pass the folder that holds the "
+                                    f"model (official or diffusers layout), or checkpoint_dir=None for random weights")
         root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"checkpoint folder {root} does not exist")
         diffusers = (root / "transformer").is_dir()
         if config.num_experts == 2:
-            experts = ({"high_noise": root / "transformer", "low_noise": root / "transformer_2"} if diffusers else
-                       {"high_noise": root / "high_noise_model", "low_noise": root / "low_noise_model"})
+            dirs = ({"high_noise": root / "transformer", "low_noise": root / "transformer_2"} if diffusers else
+                    {"high_noise": root / "high_noise_model", "low_noise": root / "low_noise_model"})
         else:
-            experts = {"model": root / "transformer" if diffusers else root}
-        for name, p in experts.items():
-            if not p.exists():
-                raise FileNotFoundError(f"{config.name} needs the {name} expert at {p}; found only "
-                                        f"{sorted(x.name for x in root.iterdir())}")
+            dirs = {"model": root / "transformer" if diffusers else root}
+        looked = {_expert_label(n, len(dirs)): [d / weights.OFFICIAL_WEIGHTS, d / weights.OFFICIAL_INDEX]
+                  for n, d in dirs.items()}
+        experts = {n: d if _holds_safetensors(d) else None for n, d in dirs.items()}
         if diffusers:
-            return cls(experts, _maybe(root / "text_encoder"), _maybe(root / "tokenizer"), _maybe(root / "vae"))
+            t5, tok, vae = root / "text_encoder", root / "tokenizer", root / "vae"
+            looked.update(t5=[t5 / "config.json"], tokenizer=[tok], vae=[vae / "config.json"])
+            return cls(experts, _if(t5, (t5 / "config.json").exists()), _if(tok, _nonempty_dir(tok)),
+                       _if(vae, (vae / "config.json").exists()), root, looked)
         t5 = next(iter(sorted(root.glob("models_t5_*.pth"))), None)
-        return cls(experts, t5, _maybe(root / "google" / "umt5-xxl"), _maybe(root / "Wan2.1_VAE.pth"))
+        tok, vae = root / "google" / "umt5-xxl", root / "Wan2.1_VAE.pth"
+        looked.update(t5=[root / "models_t5_umt5-xxl-enc-bf16.pth"], tokenizer=[tok], vae=[vae])
+        return cls(experts, t5, _if(tok, _nonempty_dir(tok)), _if(vae, vae.is_file()), root, looked)
+
+    def missing(self, needed) -> dict[str, list]:
+        """For each needed component (names from COMPONENTS) that is absent: where it was looked for."""
+        found = {_expert_label(n, len(self.experts)): p for n, p in self.experts.items()} if "dit" in needed else {}
+        found.update({name: getattr(self, name) for name in ("t5", "tokenizer", "vae") if name in needed})
+        return {label: self.looked.get(label, []) for label, p in found.items() if p is None}
+
+    def require(self, needed) -> "CheckpointLayout":
+        """Every needed component present, or one CheckpointError listing each absent one and where it was looked."""
+        absent = self.missing(needed)
+        if absent:
+            kinds = [c for c in COMPONENTS if any(label.split()[0] == c for label in absent)]
+            raise weights.CheckpointError.missing_components(self.root, absent, hint=(
+                f"Put them there (official layout: high_noise_model/, low_noise_model/, models_t5_umt5-xxl-enc-"
+                f"bf16.pth, Wan2.1_VAE.pth, google/umt5-xxl/; diffusers layout: transformer/, transformer_2/, "
+                f"text_encoder/, tokenizer/, vae/), or ask for seeded random weights explicitly with "
+                f"random_components={tuple(kinds)!r} (profiling only: the video is noise), or build without them "
+                f"(text_encoder=False, vae=False)."))
+        return self
 
 
-def _maybe(p: Path) -> Path | None:
-    return p if p.exists() else None
+def _expert_label(name: str, count: int) -> str:
+    return "dit" if count == 1 else f"dit ({name} expert)"
+
+
+def _holds_safetensors(p: Path) -> bool:
+    return p.is_dir() and (any(p.glob("*.safetensors")) or any(p.glob("*.safetensors.index.json")))
+
+
+def _nonempty_dir(p: Path) -> bool:
+    return p.is_dir() and any(p.iterdir())
+
+
+def _if(p: Path, present: bool) -> Path | None:
+    return p if present else None
+
+
+def resolve_random_components(requested, checkpoint_dir, needed) -> tuple[str, ...]:
+    """The components that get seeded random weights: all of them without a checkpoint folder (the documented
+    default for profiling), else exactly those asked for in `random_components` (names from COMPONENTS, or "all")."""
+    if requested is None:
+        asked = set() if checkpoint_dir is not None else set(COMPONENTS)
+    else:
+        asked = set(COMPONENTS) if requested == "all" else {requested} if isinstance(requested, str) else set(requested)
+        unknown = sorted(asked - set(COMPONENTS))
+        if unknown:
+            raise ValueError(f"unknown component(s) {unknown} in random_components; choose from {COMPONENTS} or 'all'")
+        if checkpoint_dir is None and not set(needed) <= asked:
+            raise ValueError(f"random_components={tuple(sorted(asked))} without checkpoint_dir: there is nothing to "
+                             f"load {sorted(set(needed) - asked)} from. Pass checkpoint_dir=, or leave "
+                             f"random_components out for an all-random pipeline.")
+    return tuple(c for c in COMPONENTS if c in needed and c in asked)
 
 
 @dataclass
@@ -114,36 +173,66 @@ class DenoiseState:
 
 class WanT2V:
     """The official T2V pipeline. `WanT2V("wan2.2-t2v-a14b", device="cuda")` builds it with random weights at
-    real size; `checkpoint_dir=` loads a local checkpoint in the official or the diffusers layout."""
+    real size; `checkpoint_dir=` loads a local checkpoint in the official or the diffusers layout.
+
+    Weights, strictly: with checkpoint_dir every component the pipeline builds (the DiT experts; T5 and its tokenizer
+    unless text_encoder=False; the VAE unless vae=False) must load from that folder, or the constructor raises one
+    wanopt.weights.CheckpointError that lists every missing component and the paths where it was looked for.
+    `random_components=("t5", "tokenizer", "vae")` (any of "dit", "t5", "tokenizer", "vae", or "all") gives those
+    seeded random weights instead (the tokenizer: a byte-level stand-in), for profiling with a partial download.
+    Without checkpoint_dir every component is random at real size, the default for profiling. Whenever a component
+    is random the console says so once (a RandomWeightsWarning) and `pipe.random_components` names them (a tuple,
+    empty when everything loaded), so a capture can record it in its manifest.
+    """
 
     def __init__(self, config: T2VConfig | str, *, checkpoint_dir=None, device=None, dtype=torch.bfloat16,
                  offload: bool = True, t5_cpu: bool = False, seed: int = 0, text_encoder: bool = True,
-                 vae: bool = True):
+                 vae: bool = True, random_components=None):
         self.config = get_config(config) if isinstance(config, str) else config
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype, self.offload, self.t5_cpu = dtype, offload, t5_cpu
         self.batch_cfg = False  # stage `batch_cfg` turns this on
         self.release_t5_after_encode = False  # stage `no_offload` turns this on
         self.dit_contexts: list = []  # context-manager factories entered around every DiT call (stages add)
+        needed = ("dit",) + (("t5", "tokenizer") if text_encoder else ()) + (("vae",) if vae else ())
+        random = resolve_random_components(random_components, checkpoint_dir, needed)
         layout = CheckpointLayout.find(self.config, checkpoint_dir)
-        self.layout = layout
+        layout.require([c for c in needed if c not in random])
+        self.layout, self.random_components = layout, random
+        self._announce_random(checkpoint_dir)
+
+        def source(component, path):
+            return None if component in random else path
+
         home = torch.device("cpu") if offload else self.device
         # Random weights are drawn where they will run (fast on a GPU), then parked where upstream keeps them.
         self.experts = {}
         for i, (name, path) in enumerate(layout.experts.items()):
+            path = source("dit", path)
             model = weights.build_wan(self.config.dit, device=home if path is not None else self.device,
                                       dtype=dtype, seed=seed + i, checkpoint=path)
             self.experts[name] = model.to(home)
-        self.tokenizer = HFTokenizer(layout.tokenizer) if layout.tokenizer is not None else ByteTokenizer()
+        tokenizer = source("tokenizer", layout.tokenizer)
+        self.tokenizer = HFTokenizer(tokenizer) if tokenizer is not None else ByteTokenizer()
         self.text_encoder = None
         if text_encoder:  # upstream builds T5 on the CPU in bf16
-            t5_device = torch.device("cpu") if (offload or t5_cpu) and layout.t5 is not None else self.device
+            t5 = source("t5", layout.t5)
+            t5_device = torch.device("cpu") if (offload or t5_cpu) and t5 is not None else self.device
             self.text_encoder = weights.build_t5(self.config.t5, device=t5_device, dtype=torch.bfloat16,
-                                                 seed=seed + 100, checkpoint=layout.t5)
+                                                 seed=seed + 100, checkpoint=t5)
             if offload or t5_cpu:
                 self.text_encoder.to("cpu")
         self.vae = weights.build_vae(self.config.vae, device=self.device, dtype=torch.float32, seed=seed + 200,
-                                     checkpoint=layout.vae) if vae else None
+                                     checkpoint=source("vae", layout.vae)) if vae else None
+
+    def _announce_random(self, checkpoint_dir):
+        """One console line when any component is random: output from random weights is noise."""
+        if not self.random_components:
+            return
+        names = [c + (" (byte-level stand-in)" if c == "tokenizer" else "") for c in self.random_components]
+        reason = ("no checkpoint_dir given; pass checkpoint_dir= for real weights" if checkpoint_dir is None else
+                  f"asked for with random_components; the rest loaded from {checkpoint_dir}")
+        weights.warn_random(f"WanT2V({self.config.name!r})", names, reason, stacklevel=3)  # the caller of __init__
 
     # -- text ----------------------------------------------------------------------------------------------------
 
@@ -233,7 +322,7 @@ class WanT2V:
             x, ts = state.latents, t.reshape(1)
             if self.batch_cfg:
                 with record_function("cfg_batched"):
-                    ctx = _pad_cat([state.context, state.context_null], self.config.dit.text_len)
+                    ctx = pad_text([state.context, state.context_null], self.config.dit.text_len)
                     v_c, v_u = self.dit(model, torch.cat([x, x]), ts.expand(2), ctx).chunk(2)
             else:
                 with record_function("cfg_cond"):
@@ -285,7 +374,7 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _pad_cat(contexts, text_len: int) -> torch.Tensor:
+def pad_text(contexts, text_len: int) -> torch.Tensor:
     """Zero-pad [1, len_i, D] contexts to text_len and stack them (what the DiT would pad each to anyway)."""
     out = []
     for c in contexts:

@@ -1,15 +1,18 @@
-"""The optimizations, one function each, applied cumulatively from the official baseline.
+"""The optimizations, one function each, applied cumulatively from the reference baseline.
 
-T2V_STAGES is the one place that fixes their order: the capture command, the notebooks and the tests read it.
-Each stage is `function(pipe, **options) -> pipe`; stage k's pipeline has stages 1..k applied.
+The stage lists below are the one place that fixes the order: the capture command, the notebooks and the tests
+read them. Each stage is `apply(pipe, **options) -> pipe`; stage k's pipeline has stages 1..k applied. A stage
+that picks among options by measurement (the attention kernel, the GELU epilogue) does so in its `choose`, so the
+capture, the notebooks and the tiny-model tests read the same answer for the same context.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
-from .attention import attention_kernel, best_backend
+from ..configs import get_workload
+from .attention import attention_kernel, best_backend, choose_attention
+from .base import Choice, ChoiceContext, Stage
 from .cfg import batch_cfg
 from .compile import compile_blocks, compile_model, uncompile
 from .cuda_graphs import cuda_graphs
@@ -24,15 +27,10 @@ def fuse_kernels(pipe, gelu_epilogue: bool = True):
     return apply(pipe, gelu_epilogue=gelu_epilogue)
 
 
-@dataclass(frozen=True)
-class Stage:
-    name: str  # traces/<workload>/<name>/
-    apply: Callable | None
-    title: str
-    exact: bool  # math unchanged (fp32-level differences only)
-    tolerance: float  # relative L2 of one step's latents against the baseline, on the GPU at real size
-    notebook: str = ""
-    options: dict = field(default_factory=dict)
+def choose_fusion(ctx):
+    from .fusion import choose_fusion as choose
+
+    return choose(ctx)
 
 
 # Tolerances, on the relative L2 of one step's guided velocity v_u + g(v_c - v_u) against the baseline's on the
@@ -42,70 +40,130 @@ class Stage:
 #     every one of 2 × 40 × ~8 GEMMs, and the guidance g(v_c - v_u) with g = 4 amplifies per-eval differences
 #     several times.
 #   numeric stages 5e-2: bf16 residual and bf16 RoPE round once more per block. The reference itself is ~4e-3
-#     from an all-fp32 run on the tiny model and the lean stage ~1e-2 from the reference (notebook 05); at real size
-#     the lean stages measured 2.9e-2 (1.3B) and 3.2e-2 (A14B) (traces/*/*/manifest.json). 5e-2 leaves room
-#     for depth and width while staying far below the O(1) that a wrong kernel, a dropped term or a swapped pair
-#     gives.
-# A stage's tolerance is the largest of those applied so far: errors add up along the sequence.
+#     from an all-fp32 run on the tiny model and the lean stage ~1e-2 from the reference (notebook
+#     t2v/04_dtype_hygiene); at real size the lean stages measured 2.9e-2 (1.3B) and 3.2e-2 (A14B)
+#     (traces/*/*/manifest.json). 5e-2 leaves room for depth and width while staying far below the O(1) that a
+#     wrong kernel, a dropped term or a swapped pair gives.
+# A stage's tolerance is the largest of those applied so far: errors add up along the sequence (tolerance_at).
 T2V_STAGES: list[Stage] = [
     Stage("00_baseline", None, "official single-GPU recipe: offload, bf16 weights, two sequential CFG forwards",
-          True, 0.0, "01_baseline_t2v"),
-    Stage("01_no_offload", no_offload, "both experts resident, T5 released after encoding", True, 1e-6,
-          "02_no_offload"),
-    Stage("02_batched_cfg", batch_cfg, "cond + uncond in one forward of batch 2", True, 2e-2, "03_batched_cfg"),
-    Stage("03_tf32", enable_tf32, "TF32 for the fp32 islands", False, 2e-2, "04_tf32"),
+          True, 0.0),
+    Stage("01_no_offload", no_offload, "both experts resident, T5 released after encoding", True, 1e-6),
+    Stage("02_batched_cfg", batch_cfg, "cond + uncond in one forward of batch 2", True, 2e-2),
+    Stage("03_tf32", enable_tf32, "TF32 for the fp32 islands", False, 2e-2),
     Stage("04_dtype_hygiene", lean_numerics, "per-sample time, bf16 residual, real RoPE tables, fewer casts",
-          False, 5e-2, "05_dtype_hygiene"),
-    Stage("05_attention", attention_kernel, "fastest attention kernel at the workload's shape", False, 5e-2,
-          "06_attention"),
+          False, 5e-2),
+    Stage("05_attention", attention_kernel, "fastest attention kernel at the workload's shapes", False, 5e-2,
+          choose=choose_attention),
     Stage("06_fusion", fuse_kernels, "fused QKV; Triton norm+modulate and RMSNorm+RoPE; GELU in the GEMM epilogue",
-          False, 5e-2, "07_fusion"),
-    Stage("07_compile", compile_blocks, "torch.compile, regional (per block)", False, 5e-2, "08_compile"),
-    Stage("08_cuda_graphs", cuda_graphs, "CUDA graph of each expert's forward", False, 5e-2, "09_cuda_graphs"),
+          False, 5e-2, choose=choose_fusion),
+    Stage("07_compile", compile_blocks, "torch.compile, regional (per block)", False, 5e-2, compiles=True,
+          alternative=("whole_model_compile", compile_model, uncompile)),
+    Stage("08_cuda_graphs", cuda_graphs, "CUDA graph of each expert's forward", False, 5e-2, compiles=True),
 ]
 
-STAGES_BY_NAME = {s.name: s for s in T2V_STAGES}
+# Matrix-Game-2: the reference so far (its optimization stages come next).
+MG2_STAGES: list[Stage] = [
+    Stage("00_baseline", None, "upstream numerics: bf16, float64 RoPE, GPU end indices read back with .item(), "
+          "no compile", True, 0.0),
+]
+
+FAMILY_STAGES = {"t2v": T2V_STAGES, "mg2": MG2_STAGES}
 
 # The order per workload. Names keep their number from the default order (what a stage is does not change);
 # A14B applies batched CFG after dtype hygiene: with the reference numerics a batch-2 forward (per-token fp32
 # modulation tables, fp32 residual, fp64 RoPE copies) does not fit next to both 14B experts on an 80 GB H100.
-# The capture records that attempt (OOM) in the same run; notebook 03_batched_cfg shows it.
-DEFAULT_ORDER = [s.name for s in T2V_STAGES]
+# The capture records that attempt (OOM) in the same run; notebook t2v/02_batched_cfg shows it.
 A14B_ORDER = ["00_baseline", "01_no_offload", "03_tf32", "04_dtype_hygiene", "02_batched_cfg", "05_attention",
               "06_fusion", "07_compile", "08_cuda_graphs"]
 WORKLOAD_ORDER = {"t2v-a14b-480p": A14B_ORDER, "t2v-a14b-720p": A14B_ORDER, "tiny-t2v": A14B_ORDER}
 
 
+def _family(workload: str | None) -> str:
+    return get_workload(workload).family if workload is not None else "t2v"
+
+
 def stage_order(workload: str | None = None) -> list[Stage]:
-    """The stages of a workload in the order they are applied."""
-    return [STAGES_BY_NAME[n] for n in WORKLOAD_ORDER.get(workload, DEFAULT_ORDER)]
+    """The stages of a workload in the order they are applied (T2V's default order without a workload)."""
+    by_name = {s.name: s for s in FAMILY_STAGES[_family(workload)]}
+    names = WORKLOAD_ORDER.get(workload, list(by_name))
+    return [by_name[n] for n in names]
 
 
-def get_stage(name: str) -> Stage:
-    try:
-        return STAGES_BY_NAME[name]
-    except KeyError:
-        raise KeyError(f"unknown stage {name!r}; stages in order: {', '.join(STAGES_BY_NAME)}") from None
+def get_stage(name: str, workload: str | None = None) -> Stage:
+    order = stage_order(workload)
+    for s in order:
+        if s.name == name:
+            return s
+    raise KeyError(f"unknown stage {name!r}" + (f" for workload {workload!r}" if workload else "")
+                   + f"; stages in order: {', '.join(s.name for s in order)}")
 
 
 def stages_up_to(name: str, workload: str | None = None) -> list[Stage]:
     """The cumulative list baseline..name, in the workload's order."""
     order = stage_order(workload)
-    idx = [s.name for s in order].index(get_stage(name).name)
+    idx = [s.name for s in order].index(get_stage(name, workload).name)
     return order[: idx + 1]
 
 
-def apply_stages(pipe, names, options: dict | None = None, workload: str | None = None):
-    """Apply the named stages (each once, in the workload's order) to a pipeline; options[name] are kwargs."""
-    options = options or {}
-    wanted = {get_stage(n).name for n in names}
-    for stage in stage_order(workload):
-        if stage.name in wanted and stage.apply is not None:
-            pipe = stage.apply(pipe, **options.get(stage.name, {}))
-            pipe.applied_stages = [*getattr(pipe, "applied_stages", []), stage.name]
+def cumulative_tolerance(stages: list[Stage], name: str) -> float:
+    """The tolerance of stage `name` against the baseline when `stages` are applied in this order: the largest of
+    those applied up to it (errors add up along the sequence)."""
+    names = [s.name for s in stages]
+    return max(s.tolerance for s in stages[: names.index(name) + 1])
+
+
+def tolerance_at(name: str, workload: str | None = None) -> float:
+    """A stage's tolerance against the baseline in the workload's order."""
+    return cumulative_tolerance(stage_order(workload), get_stage(name, workload).name)
+
+
+@dataclass(frozen=True)
+class Plan:
+    workload: str
+    stages: list[Stage]  # applied in this order: the workload's order up to the last captured stage
+    captured: list[str]  # timed, profiled and written, in the workload's order
+
+
+def plan(workload: str, stages="all") -> Plan:
+    """Which stages a capture applies and which it captures. `stages` is "all", a comma-separated string or a list
+    of names; unknown names and an empty list are errors that list the stages in order."""
+    order = stage_order(workload)
+    names = [s.name for s in order]
+    if stages in ("all", None):
+        wanted = names
+    else:
+        given = [n.strip() for n in (stages.split(",") if isinstance(stages, str) else stages)]
+        given = [n for n in given if n]
+        if not given:
+            raise ValueError(f"no stage named in {stages!r}: give comma-separated names or 'all'; stages of "
+                             f"{workload} in order: {', '.join(names)}")
+        for n in given:
+            get_stage(n, workload)
+        wanted = [n for n in names if n in given]
+    last = max(names.index(n) for n in wanted)
+    return Plan(workload, order[: last + 1], wanted)
+
+
+def apply_stage(pipe, stage: Stage, options: dict | None = None):
+    """Apply one stage with its options and record it on the pipeline (`pipe.applied_stages`)."""
+    if stage.apply is not None:
+        pipe = stage.apply(pipe, **(options or {}))
+    pipe.applied_stages = [*getattr(pipe, "applied_stages", []), stage.name]
     return pipe
 
 
-__all__ = ["T2V_STAGES", "Stage", "stage_order", "WORKLOAD_ORDER", "get_stage", "stages_up_to", "apply_stages", "no_offload", "batch_cfg",
-           "enable_tf32", "lean_numerics", "attention_kernel", "best_backend", "fuse_kernels", "compile_blocks",
-           "compile_model", "uncompile", "cuda_graphs"]
+def apply_stages(pipe, names, workload: str | None = None, ctx: ChoiceContext | None = None):
+    """Apply the named stages (each once, in the workload's order), each with the options its `choose` gives in
+    `ctx` (default: this machine without measurements, what the tiny-model tests and notebooks use)."""
+    wanted = {get_stage(n, workload).name for n in names}
+    for stage in stage_order(workload):
+        if stage.name in wanted and stage.apply is not None:
+            pipe = apply_stage(pipe, stage, stage.options(ctx).options)
+    return pipe
+
+
+__all__ = ["T2V_STAGES", "MG2_STAGES", "Stage", "Choice", "ChoiceContext", "Plan", "plan", "stage_order",
+           "WORKLOAD_ORDER", "get_stage", "stages_up_to", "tolerance_at", "cumulative_tolerance", "apply_stage", "apply_stages",
+           "no_offload", "batch_cfg", "enable_tf32", "lean_numerics", "attention_kernel", "best_backend",
+           "fuse_kernels", "compile_blocks", "compile_model", "uncompile", "cuda_graphs"]

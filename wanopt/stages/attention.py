@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from ..models.layers import KNOWN_BACKENDS
 
+# Without measurements (the CPU, the tiny-model tests): SDPA's default dispatch, what upstream falls back to.
+UNMEASURED_BACKEND = "flash"
+
 
 def best_backend(ceilings: dict, cross: dict | None = None, cross_share: float = 0.0) -> str:
     """The fastest kernel among those measured (ceilings: backend -> TFLOP/s at the self-attention shape, or None
@@ -32,6 +35,24 @@ def best_backend(ceilings: dict, cross: dict | None = None, cross_share: float =
     if cross is None or not 0.0 < cross_share < 1.0:
         return max(measured, key=measured.get)
     return min(measured, key=lambda k: (1.0 - cross_share) / measured[k] + cross_share / cross[k])
+
+
+def choose_attention(ctx):
+    """The kernel with the least time on the workload's mix of self- and cross-attention, from the ceilings the
+    run measured at both shapes; the user's forced kernel where one is given; SDPA's default without a GPU."""
+    from .base import Choice
+
+    forced = ctx.forced.get("attention_backend")
+    if forced:
+        return Choice({"backend": forced}, {"forced": True})
+    ceil = ctx.ceilings or {}
+    if not any(v for k, v in ceil.get("attention", {}).items() if k in KNOWN_BACKENDS):
+        return Choice({"backend": UNMEASURED_BACKEND}, {"measured": False})
+    backend = best_backend(ceil["attention"], ceil.get("attention_cross"), ceil.get("attention_cross_share", 0.0))
+    rates = {shape: {k: v for k, v in ceil.get(key, {}).items() if k in KNOWN_BACKENDS}
+             for shape, key in (("self", "attention"), ("cross", "attention_cross")) if key in ceil}
+    return Choice({"backend": backend}, {"measured": True, "tflops": rates,
+                                         "cross_share": ceil.get("attention_cross_share", 0.0)})
 
 
 def attention_kernel(pipe, backend: str = "cudnn"):

@@ -108,6 +108,7 @@ class LeanAttentionBlock(WanAttentionBlock):
 
 class LeanWanModel(WanModel):
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        t = self.as_timesteps(t, x)
         self.check_inputs(x, t, context)
         c = self.config
         with record_function("patch_embed"):
