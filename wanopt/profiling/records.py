@@ -17,7 +17,7 @@ TRACE_NAME = "rank0.pt.trace.json.gz"  # rank<r>.pt.trace.json.gz: HTA reads one
 MANIFEST = "manifest.json"
 RUN_SUMMARY = "capture.json"
 VERSION_KEYS = ("torch", "cuda", "cudnn", "driver", "triton", "python", "diffusers", "transformers", "flash_attn_4",
-                "git_commit")
+                "git_commit", "host_cpu")
 
 
 def trace_name(rank: int = 0) -> str:
@@ -55,6 +55,8 @@ def environment() -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        # the host matters: a launch-bound unit (the MG2 reference) runs at the speed of the CPU that launches it
+        "host_cpu": _cpu_model(), "host_cores": os.cpu_count(),
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -68,6 +70,16 @@ def environment() -> dict:
     env["git_commit"] = os.environ.get("WANOPT_GIT_COMMIT") or _run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT)
     env["inductor_caches"] = "disabled" if os.environ.get("TORCHINDUCTOR_FORCE_DISABLE_CACHES") == "1" else "default"
     return env
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def versions(env: dict) -> dict:
