@@ -59,8 +59,10 @@ def _parser() -> argparse.ArgumentParser:
                          description="The README's results table, from the committed manifests.")
     tab.add_argument("--format", choices=("markdown", "json"), default="markdown")
     sub.add_parser("stages", help="list the optimization stages in order",
-                   description="The optimization stages of each family, in their default order.")
-    sub.add_parser("workloads", help="list the named workloads", description="The named workloads.")
+                   description="The optimization stages of each family, in their default order: name, exact "
+                               "or numeric, tolerance against the baseline, what it does.")
+    sub.add_parser("workloads", help="list the named workloads", description="The named workloads: name, family, model config and what one timed unit "
+                                "holds.")
     return parser
 
 
