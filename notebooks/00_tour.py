@@ -20,8 +20,8 @@
 #    causal model, overheads included (what your copy of the official code costs), loadable from real checkpoints,
 #    random weights at real scale when none are given.
 # 2. `wanopt.stages`: each optimization as one function, applied cumulatively from the official baseline.
-# 3. `traces/`: H100 traces and manifests from `python -m wanopt capture`, committed. The notebooks read them, so
-#    they re-execute on any CPU.
+# 3. `traces/`: GPU traces and manifests from `python -m wanopt capture`, committed (`traces/README.md` names the
+#    GPU of each run). The notebooks read them, so they re-execute on any CPU.
 #
 # This notebook runs the real code paths at a tiny size on the CPU: the model, one denoising step of the A14B
 # pipeline (two experts, classifier-free guidance, UniPC), and the list of optimizations.
@@ -36,7 +36,7 @@ import torch
 from wanopt.configs import get_config, latent_shape, num_tokens
 from wanopt.pipelines.schedulers import timesteps_for
 from wanopt.pipelines.t2v import WanT2V
-from wanopt.stages import T2V_STAGES, stage_order
+from wanopt.stages import MG2_STAGES, T2V_STAGES, stage_order
 
 _ = torch.manual_seed(0)
 
@@ -113,23 +113,38 @@ except ValueError as err:
 
 # %% [markdown]
 # ## The optimizations, in order
-# Every stage is one function that takes the pipeline and returns it; stage *k* has stages 1..*k* applied. The
-# A14B workloads apply batched CFG after dtype hygiene (notebook 03 shows why).
+# Every stage is one function that takes the pipeline and returns it; stage *k* has stages 1..*k* applied. A stage
+# that picks among options by measurement (the attention kernel, the GELU epilogue) does so in its `choose`. Each
+# stage has a notebook named after it, `notebooks/<family>/<stage>.ipynb`, and its traces are
+# `traces/<workload>/<stage>/`. The tolerance is on the relative L2 of one step's guided velocity against the
+# baseline's; a stage is held to the largest tolerance of the stages applied up to it.
 
 # %%
 pd.DataFrame([{"stage": s.name, "what": s.title, "math": "exact" if s.exact else "numeric",
-               "tolerance": s.tolerance, "notebook": s.notebook} for s in T2V_STAGES]).set_index("stage")
+               "tolerance": s.tolerance, "chooses by measurement": s.choose is not None,
+               "notebook": f"t2v/{s.name}"} for s in T2V_STAGES]).set_index("stage")
+
+# %% [markdown]
+# The A14B workloads apply batched CFG after dtype hygiene (`t2v/02_batched_cfg` shows why):
 
 # %%
 print("t2v-1.3b-480p:", " → ".join(s.name for s in stage_order("t2v-1.3b-480p")))
 print("t2v-a14b-480p:", " → ".join(s.name for s in stage_order("t2v-a14b-480p")))
 
 # %% [markdown]
+# Matrix-Game-2 has the reference so far; its optimization stages come next:
+
+# %%
+pd.DataFrame([{"stage": s.name, "what": s.title, "notebook": f"mg2/{s.name}"} for s in MG2_STAGES]).set_index("stage")
+
+# %% [markdown]
 # ## Where to go next
-# - `01_baseline_t2v`: where the time of one official denoising step goes on an H100, at kernel level.
-# - `02`–`09`: one optimization each, with its trace against the previous stage's.
-# - `10_baseline_mg2`: the Matrix-Game-2 causal model, block by block.
-# - `19_t2v_summary`: baseline to final for every workload, against the diffusers peer and the targets.
+# - `t2v/00_baseline`: where the time of one official denoising step goes on the GPU, at kernel level.
+# - `t2v/01_no_offload` … `t2v/08_cuda_graphs`: one optimization each, named after its stage, with its trace
+#   against the previous stage's.
+# - `t2v/summary`: baseline to final for every workload, against the diffusers peer and the targets
+#   (`wanopt/targets.py`).
+# - `mg2/00_baseline`: the Matrix-Game-2 causal model, block by block.
 #
 # Real checkpoints: `WanT2V("wan2.2-t2v-a14b", checkpoint_dir="/path/to/Wan2.2-T2V-A14B")` (official layout) or a
 # diffusers repo folder; see the README.

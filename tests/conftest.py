@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -30,3 +31,12 @@ def diffusers_twin(dit_config, model):  # noqa: ARG001 - the config is the model
     from wanopt.profiling.peers import diffusers_twin as twin
 
     return twin(model, keep_fp32_modules=False)
+
+
+def write_capture(root, workload, run, manifests):
+    """A capture's files (capture.json and one manifest.json per stage) under root/workload/, for analysis tests."""
+    (root / workload).mkdir(parents=True)
+    (root / workload / "capture.json").write_text(json.dumps(run))
+    for stage, m in manifests.items():
+        (root / workload / stage).mkdir()
+        (root / workload / stage / "manifest.json").write_text(json.dumps(m))

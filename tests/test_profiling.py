@@ -1,9 +1,7 @@
-"""Profiling: the analysis functions on small committed H100 traces, FLOP counts, plots, the manifests, and the
-capture command's CPU path (capture itself needs a GPU; its bookkeeping is tested with allow_cpu)."""
+"""Profiling: the analysis functions on small committed traces, FLOP counts, plots and the committed manifests
+(the capture harness and its runners: tests/test_harness.py)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -13,7 +11,7 @@ import pytest
 from wanopt.configs import get_config, get_mg2_config
 from wanopt.profiling import analysis, plots
 from wanopt.profiling.flops import causal_eval_flops, kernel_floor_s, wan_eval_flops
-from wanopt.profiling.timing import sha256
+from wanopt.profiling.records import sha256
 
 matplotlib.use("Agg")
 TRACES = Path(__file__).resolve().parents[1] / "traces"
@@ -87,7 +85,7 @@ def test_window_and_timeline(base):
     with pytest.raises(KeyError, match="labels seen"):
         analysis.window(base, "block99")
     ax = plots.kernel_timeline(k, block, "block01")
-    assert tuple(ax.figure.get_size_inches()) == (11.0, 1.7) and ax.figure.dpi == plots.DPI
+    assert tuple(ax.figure.get_size_inches()) == (11.0, 2.7) and ax.figure.dpi == plots.DPI
     busy = analysis.busy_breakdown(k, step)
     assert busy["percent"].sum() == pytest.approx(100, abs=0.1)
 
@@ -111,7 +109,10 @@ def test_trace_diff_and_category_diff_between_stages():
 
 
 def test_missing_trace_says_how_to_get_it(tmp_path):
-    with pytest.raises(analysis.MissingTraceError, match="python -m wanopt capture --workload t2v-x --stages s"):
+    with pytest.raises(analysis.MissingTraceError,
+                       match="python -m wanopt capture --workload t2v-1.3b-480p --stages 03_tf32"):
+        analysis.load_trace("t2v-1.3b-480p", "03_tf32", root=tmp_path)
+    with pytest.raises(analysis.UnknownNameError, match="unknown workload 't2v-x'"):
         analysis.load_trace("t2v-x", "s", root=tmp_path)
 
 
@@ -119,7 +120,7 @@ def test_stage_table_and_plots_from_committed_manifests():
     st = analysis.stage_table("t2v-1.3b-480p")
     assert st.index[0] == "00_baseline" and (st["step ms"] > 0).all()
     fig = plots.waterfall(st["step ms"], "1.3B")
-    assert tuple(fig.get_size_inches()) == (11.0, 3.6)
+    assert tuple(fig.get_size_inches()) == (11.0, 3.9)
     fig = plots.category_bars({"a": analysis.category_breakdown(analysis.load_trace(TINY, "00_baseline"))})
     assert fig.dpi == plots.DPI
 
@@ -175,72 +176,6 @@ def test_committed_manifests_hold_every_field_and_match_their_trace(manifest):
     trace = manifest.parent / m["trace"]["file"]
     assert trace.exists() and sha256(trace) == m["trace"]["sha256"]
     assert m["workload"] == manifest.parent.parent.name and m["stage"] == manifest.parent.name
-
-
-# -- capture ----------------------------------------------------------------------------------------------------
-
-
-def test_capture_cli_refuses_without_a_gpu_and_points_at_the_traces():
-    out = subprocess.run([sys.executable, "-m", "wanopt", "capture", "--workload", "t2v-1.3b-480p"],
-                         capture_output=True, text=True)
-    assert out.returncode == 2 and "needs a CUDA GPU" in out.stderr and "traces/" in out.stderr
-
-
-def test_capture_cli_rejects_an_unknown_attention_backend_by_name():
-    out = subprocess.run([sys.executable, "-m", "wanopt", "capture", "--workload", "tiny-t2v",
-                          "--attention-backend", "fa3"], capture_output=True, text=True)
-    assert out.returncode == 2 and "unknown attention backend 'fa3'" in out.stderr and "fa4" in out.stderr
-
-
-def test_capture_can_force_the_attention_kernel(tmp_path):
-    """--attention-backend overrides stage 05's pick (to try a new kernel through the later stages on the tiny
-    workload); the summary records that it was forced, the manifest which kernel ran."""
-    from wanopt.profiling.capture import capture
-
-    summary = capture("tiny-t2v", "05_attention", tmp_path, allow_cpu=True, progress=False,
-                      attention_backend="efficient")
-    assert summary["attention_backend_forced"] == "efficient"
-    m = json.loads((tmp_path / "tiny-t2v" / "05_attention" / "manifest.json").read_text())
-    assert m["attention_backend_used"] == "efficient"
-    # 00_baseline was not captured in this run: no error number rather than a made-up 0
-    e = m["error_vs_baseline"]
-    assert e["value"] is None and e["ok"] is None and "not measured" in e["metric"]
-
-
-def test_capture_bookkeeping_on_the_cpu(tmp_path):
-    """The capture path end to end on the tiny workload (host clock instead of CUDA events): manifests with every
-    field, the trace and its hash, same-run speedups, and errors within tolerance."""
-    from wanopt.profiling.capture import capture
-
-    summary = capture("tiny-t2v", "00_baseline,01_no_offload,04_dtype_hygiene", tmp_path, allow_cpu=True,
-                      progress=False)
-    assert list(summary["stages"]) == ["00_baseline", "01_no_offload", "04_dtype_hygiene"]
-    m = json.loads((tmp_path / "tiny-t2v" / "04_dtype_hygiene" / "manifest.json").read_text())
-    assert not [f for f in REQUIRED if f not in m]
-    assert m["stages_applied"] == ["00_baseline", "01_no_offload", "03_tf32", "04_dtype_hygiene"]
-    assert m["previous_stage"] == "01_no_offload" and m["speedup_vs_baseline"] > 0
-    assert m["error_vs_baseline"]["ok"] and "velocity" in m["error_vs_baseline"]["metric"]
-    trace = tmp_path / "tiny-t2v" / "04_dtype_hygiene" / m["trace"]["file"]
-    assert sha256(trace) == m["trace"]["sha256"]
-    assert json.loads((tmp_path / "tiny-t2v" / "capture.json").read_text())["run_id"] == m["run_id"]
-
-
-def test_mg2_capture_bookkeeping_on_the_cpu(tmp_path):
-    from wanopt.profiling.capture import capture
-
-    capture("tiny-mg2", "all", tmp_path, allow_cpu=True, progress=False, profile=False)
-    m = json.loads((tmp_path / "tiny-mg2" / "00_baseline" / "manifest.json").read_text())
-    assert m["evals_per_block"] == 4 and m["first_block"]["keys"] < m["eval"]["flops"]["total"]
-    assert m["dit_fps"] == pytest.approx(m["video_frames_per_block"] / (m["timing"]["median"] / 1e3))
-
-
-def test_unknown_workload_and_stage_are_named():
-    from wanopt.profiling.capture import capture
-
-    with pytest.raises(KeyError, match="known workloads"):
-        capture("t2v-9b-480p", allow_cpu=True)
-    with pytest.raises(KeyError, match="stages in order"):
-        capture("tiny-t2v", "00_baseline,07_compiel", allow_cpu=True)
 
 
 def test_frames_are_tidy():

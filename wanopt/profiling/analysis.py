@@ -1,34 +1,52 @@
 """Trace analysis on Holistic Trace Analysis (PyPI `traceinsight`, `import hta`), returning pandas DataFrames.
 
 Everything here reads committed traces and manifests; nothing needs a GPU. HTA's own logging goes to stderr with
-timings and PIDs, so it is silenced here (the notebooks run under strict nbval).
+timings and PIDs, so it is silenced here (the notebooks run under strict nbval). Notebooks call these functions
+and never read HTA's internals (its trace frame, its symbol table) themselves.
 
     run = load_run("t2v-1.3b-480p")                  # capture.json of the run
     m = load_manifest("t2v-1.3b-480p", "00_baseline")
     a = load_trace("t2v-1.3b-480p", "00_baseline")   # an HTA TraceAnalysis
     kernels(a)                                       # one row per GPU kernel / memcpy / memset, with a category
+    annotations(a)                                   # the record_function labels on the host
     category_breakdown(a)                            # GEMM, attention, norm/elementwise, cast/copy, memcpy, other
+
+Two capture formats are read: the committed H100 runs (the choices of stages 5 and 6 in `capture.json` →
+`ceilings` / `ffn_gelu` and the manifest's `fusion`, whole-model compile in `compile_whole_model`) and the newer
+harness (`choice` in each manifest, `choices` and `alternatives` in capture.json). `stage_choice` and
+`whole_model_compile` hide the difference.
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import logging
 import re
+import textwrap
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-TRACES = Path(__file__).resolve().parents[2] / "traces"
-TRACE_NAME = "rank0.pt.trace.json.gz"
+from .records import MANIFEST, RUN_SUMMARY, TRACE_NAME, TRACES
+
 CATEGORIES = ["GEMM", "attention", "norm/elementwise", "cast/copy", "memcpy H2D/D2H", "other"]
+GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 
 
 class MissingTraceError(FileNotFoundError):
-    pass
+    """A manifest, run summary or trace that is not on disk; the message says whether the run captured it and how
+    to capture it."""
+
+
+class UnknownNameError(KeyError):
+    """A workload or stage name that does not exist; the message lists the names that do."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
 
 
 def quiet():
@@ -37,31 +55,102 @@ def quiet():
     warnings.filterwarnings("ignore", module="hta")
 
 
+# -- names, folders and what a run captured -------------------------------------------------------------------
+
+
+def known_workloads() -> list[str]:
+    from ..configs import WORKLOADS
+
+    return list(WORKLOADS)
+
+
+def known_stages(workload: str) -> list[str]:
+    """The stage names of a workload, in the order its runs apply them (wanopt.stages)."""
+    from ..stages import stage_order
+
+    return [s.name for s in stage_order(check_workload(workload))]
+
+
+def check_workload(workload: str) -> str:
+    if workload not in known_workloads():
+        raise UnknownNameError(f"unknown workload {workload!r}; known workloads: {', '.join(known_workloads())}")
+    return workload
+
+
+def check_stage(workload: str, stage: str) -> str:
+    stages = known_stages(workload)
+    if stage not in stages:
+        raise UnknownNameError(f"unknown stage {stage!r} for {workload}; its stages, in order: {', '.join(stages)}")
+    return stage
+
+
+def capture_command(workload: str, stages: str | None = None) -> str:
+    return f"python -m wanopt capture --workload {workload}" + (f" --stages {stages}" if stages else "") + \
+        " --out traces"
+
+
 def _folder(workload: str, stage: str | None = None, root=None) -> Path:
     folder = Path(root or TRACES) / workload
     return folder / stage if stage else folder
 
 
-def _missing(path: Path, workload: str, stage: str | None) -> MissingTraceError:
-    stages = f" --stages {stage}" if stage else ""
+def captured_stages(workload: str, root=None) -> list[str]:
+    """The stages the workload's committed run captured: capture.json's `stages_captured` where the run records
+    it, else the stage folders that hold a manifest (in the workload's order)."""
+    folder = _folder(workload, None, root)
+    summary = folder / RUN_SUMMARY
+    if summary.exists():
+        listed = json.loads(summary.read_text()).get("stages_captured")
+        if listed:
+            return list(listed)
+    on_disk = {p.parent.name for p in folder.glob(f"*/{MANIFEST}")}
+    try:
+        order = known_stages(workload)
+    except UnknownNameError:
+        order = []
+    return [s for s in order if s in on_disk] + sorted(on_disk - set(order))
+
+
+def _missing(path: Path, workload: str, stage: str | None, root=None) -> Exception:
+    """The error for a file that is not there, saying why: an unknown name, a stage the run did not capture, or a
+    checkout without the traces."""
+    try:
+        check_workload(workload)
+        if stage is not None:
+            check_stage(workload, stage)
+    except UnknownNameError as err:
+        return err
+    folder = _folder(workload, None, root)
+    if not folder.exists():
+        return MissingTraceError(
+            f"{workload} has no capture under {folder.parent}: the notebooks read the runs committed under "
+            f"traces/ (check out the full repository), or capture it on a GPU with "
+            f"`{capture_command(workload, stage)}`.")
+    captured = captured_stages(workload, root)
+    if stage is not None and stage not in captured:
+        run_id = ""
+        if (folder / RUN_SUMMARY).exists():
+            run_id = f" (run {json.loads((folder / RUN_SUMMARY).read_text()).get('run_id')})"
+        return MissingTraceError(
+            f"{workload}/{stage} was not captured in that run{run_id}; it captured: "
+            f"{', '.join(captured) or 'nothing'}. Capture it on a GPU with `{capture_command(workload, stage)}`.")
     return MissingTraceError(
-        f"{path} is missing. The notebooks read traces captured on an H100 and committed under traces/; "
-        f"check out the full repository, or capture it on a GPU with "
-        f"`python -m wanopt capture --workload {workload}{stages} --out traces`.")
+        f"{path} is missing, though the run captured it: check out the full repository (traces/ is committed), "
+        f"or capture it again on a GPU with `{capture_command(workload, stage)}`.")
 
 
 def load_manifest(workload: str, stage: str, root=None) -> dict:
-    path = _folder(workload, stage, root) / "manifest.json"
+    path = _folder(workload, stage, root) / MANIFEST
     if not path.exists():
-        raise _missing(path, workload, stage)
+        raise _missing(path, workload, stage, root)
     return json.loads(path.read_text())
 
 
 def load_run(workload: str, root=None) -> dict:
     """The capture run's summary: ceilings, peers, T5/VAE timings, per-stage rows."""
-    path = _folder(workload, None, root) / "capture.json"
+    path = _folder(workload, None, root) / RUN_SUMMARY
     if not path.exists():
-        raise _missing(path, workload, None)
+        raise _missing(path, workload, None, root)
     return json.loads(path.read_text())
 
 
@@ -74,12 +163,19 @@ def _load(trace_dir: str):
     return TraceAnalysis(trace_dir=trace_dir, include_last_profiler_step=True)
 
 
+def trace_path(workload: str, stage: str, root=None) -> Path:
+    path = _folder(workload, stage, root) / TRACE_NAME
+    if not path.exists():
+        raise _missing(path, workload, stage, root)
+    return path
+
+
 def load_trace(workload: str, stage: str, root=None):
     """HTA TraceAnalysis of traces/<workload>/<stage>/ (cached per folder)."""
-    folder = _folder(workload, stage, root)
-    if not (folder / TRACE_NAME).exists():
-        raise _missing(folder / TRACE_NAME, workload, stage)
-    return _load(str(folder.resolve()))
+    folder = trace_path(workload, stage, root).parent
+    analysis = _load(str(folder.resolve()))
+    analysis.__dict__.setdefault("_wanopt_source", (workload, stage, str(folder.resolve())))
+    return analysis
 
 
 # -- kernel table -------------------------------------------------------------------------------------------------
@@ -112,7 +208,7 @@ def categorize(name: str, cat: str = "kernel") -> str:
 _FUNCTOR = re.compile(r"(\w+(?:Functor|Impl|Kernel|kernel|_cuda)\w*)(?:<([\w:, ]{1,40})>)?")
 
 
-def short_kernel_name(name: str, limit: int = 60) -> str:
+def short_kernel_name(name: str, limit: int = 96) -> str:
     """A readable kernel name: the functor of ATen elementwise kernels, the head of library kernels."""
     if name.startswith("void at::native::") or name.startswith("void at_cuda_detail"):
         inner = name[name.find("<") + 1:] if "<" in name else name
@@ -153,18 +249,22 @@ def _cached(fn):
 @_cached
 def kernels(analysis) -> pd.DataFrame:
     """One row per GPU event (kernel, memcpy, memset) of the trace: name, short name, category, times in µs
-    relative to the trace's first GPU event, stream, iteration, and the host time of its launch."""
+    relative to the trace's first GPU event, stream, iteration, and the host time of its launch. (Events on the
+    host that carry a `stream` argument, such as Inductor's launch ops, are not GPU events and are not here.)"""
     t = analysis.t.get_trace(0)
     sym = analysis.t.symbol_table.get_sym_table()
     cats = t["cat"].map(lambda i: sym[i])
-    gpu = t[(t["stream"] >= 0) & cats.isin(["kernel", "gpu_memcpy", "gpu_memset"])].copy()
+    gpu = t[(t["stream"] >= 0) & cats.isin(GPU_CATS)].copy()
     gpu["name"] = gpu["name"].map(lambda i: sym[i])
     gpu["cat"] = cats[gpu.index]
     ts_by_index = t.set_index("index")["ts"]  # index_correlation points at the launching runtime event
     gpu["launch_ts"] = ts_by_index.reindex(gpu["index_correlation"]).to_numpy()
     gpu["dur"] = gpu["dur"].clip(lower=0)  # the profiler reports a few memsets/memcpys with dur -1
-    gpu["category"] = [categorize(n, c) for n, c in zip(gpu["name"], gpu["cat"])]
-    gpu["short_name"] = gpu["name"].map(short_kernel_name)
+    pairs = gpu[["name", "cat"]].drop_duplicates()  # classify each distinct name once (MG2: 50k events)
+    category = {(n, c): categorize(n, c) for n, c in zip(pairs["name"], pairs["cat"])}
+    short = {n: short_kernel_name(n) for n in pairs["name"].unique()}
+    gpu["category"] = [category[(n, c)] for n, c in zip(gpu["name"], gpu["cat"])]
+    gpu["short_name"] = gpu["name"].map(short)
     t0 = gpu["ts"].min()
     gpu["start_us"] = gpu["ts"] - t0
     gpu["end_us"] = gpu["start_us"] + gpu["dur"]
@@ -184,6 +284,195 @@ def annotations(analysis, cpu: bool = True) -> pd.DataFrame:
     ann["name"] = ann["name"].map(lambda i: sym[i])
     ann["end"] = ann["ts"] + ann["dur"]  # HTA normalises ts but leaves its own `end` column absolute
     return ann[["name", "ts", "dur", "end", "tid", "iteration"]].sort_values("ts").reset_index(drop=True)
+
+
+@_cached
+def runtime_calls(analysis, pattern: str = ".") -> pd.DataFrame:
+    """Host-side CUDA runtime and driver calls whose name matches the regex `pattern` (searched): name, ts, dur,
+    end, iteration. E.g. "Synchronize" for host syncs, "Launch" for kernel launches."""
+    t = analysis.t.get_trace(0)
+    sym = analysis.t.symbol_table.get_sym_table()
+    cats = t["cat"].map(lambda i: sym[i])
+    calls = t[cats.isin(["cuda_runtime", "cuda_driver"])].copy()
+    calls["name"] = calls["name"].map(lambda i: sym[i])
+    calls = calls[calls["name"].str.contains(pattern, regex=True)]
+    calls["end"] = calls["ts"] + calls["dur"]
+    return calls[["name", "ts", "dur", "end", "iteration"]].sort_values("ts").reset_index(drop=True)
+
+
+def launch_calls(analysis) -> pd.Series:
+    """How many times each host launch API was called in the trace (cudaLaunchKernel, cuLaunchKernelEx,
+    cudaGraphLaunch, ...), most frequent first."""
+    return runtime_calls(analysis, "Launch")["name"].value_counts().rename("calls").rename_axis("launch call")
+
+
+def kernel_launch_config(workload: str, stage: str, names, root=None) -> pd.DataFrame:
+    """The launch configuration the profiler recorded for every call of the named kernels (exact names): threads
+    per block, registers per thread, shared memory, the profiler's estimated occupancy, and the call's µs."""
+    names = {names} if isinstance(names, str) else set(names)
+    with gzip.open(trace_path(workload, stage, root)) as f:
+        events = json.load(f)["traceEvents"]
+    rows = [{"kernel": e["name"], "threads / block": e["args"]["block"][0],
+             "registers / thread": e["args"]["registers per thread"], "shared memory B": e["args"]["shared memory"],
+             "est. occupancy %": e["args"].get("est. achieved occupancy %"), "µs": e["dur"]}
+            for e in events if e.get("cat") == "kernel" and e.get("name") in names]
+    return pd.DataFrame(rows, columns=["kernel", "threads / block", "registers / thread", "shared memory B",
+                                       "est. occupancy %", "µs"])
+
+
+# -- host spans and the GPU work launched inside them -----------------------------------------------------------
+
+
+def spans(analysis, name: str | None = None, pattern: str | None = None, iteration: int | None = None,
+          within: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Host spans of record_function labels (rows of annotations()): one label by `name`, or every label whose name
+    fully matches the regex `pattern`; optionally of one profiled step (`iteration`) and only those that start
+    inside other spans (`within`, e.g. the spans of one eval)."""
+    ann = annotations(analysis)
+    if name is not None:
+        ann = ann[ann["name"] == name]
+    if pattern is not None:
+        ann = ann[ann["name"].str.fullmatch(pattern)]
+    if iteration is not None:
+        ann = ann[ann["iteration"] == iteration]
+    if within is not None:
+        ann = ann[inside(ann["ts"], within)]
+    return ann
+
+
+def inside(times, host_spans: pd.DataFrame) -> np.ndarray:
+    """Mask of host `times` (µs, as annotations()' ts) that fall inside one of `host_spans` (rows with ts and end;
+    spans of one label, which do not overlap)."""
+    s = host_spans.sort_values("ts")
+    starts, ends = s["ts"].to_numpy(), s["end"].to_numpy()
+    times = np.asarray(times)
+    if len(starts) == 0:
+        return np.zeros(len(times), dtype=bool)
+    i = np.searchsorted(starts, times, side="right") - 1
+    return (i >= 0) & (times <= ends[i.clip(0)])
+
+
+def launched_in(k: pd.DataFrame, host_spans: pd.DataFrame) -> pd.DataFrame:
+    """The GPU events of kernels() that the host launched while one of `host_spans` was open (the rule that
+    window() and gpu_time_by_label() use)."""
+    return k[inside(k["launch_ts"], host_spans)]
+
+
+def span_window(k: pd.DataFrame, host_spans: pd.DataFrame) -> tuple[float, float]:
+    """[start, end) µs of the GPU work launched inside `host_spans`, as window() gives it for one label."""
+    w = launched_in(k, host_spans)
+    if w.empty:
+        raise KeyError("no GPU work was launched inside these spans")
+    return float(w["start_us"].min()), float(w["end_us"].max())
+
+
+def gaps(k: pd.DataFrame) -> pd.DataFrame:
+    """The idle gap before each GPU event (µs, 0 when the GPU was still busy) and whether the event was launched
+    only after the GPU had run dry (`waits_for_launch`: the gap waits for the host, not for a queued kernel)."""
+    k = k.sort_values("start_us")
+    prev_end = k["end_us"].cummax().shift()
+    gap = (k["start_us"] - prev_end).clip(lower=0).fillna(0)
+    prev_end_ts = (k["ts"] + k["dur"]).cummax().shift()
+    return pd.DataFrame({"gap_us": gap, "waits_for_launch": (k["launch_ts"] > prev_end_ts) & (gap > 0)})
+
+
+def idle_summary(k: pd.DataFrame) -> pd.Series:
+    """A set of GPU events (one step, one eval): the traced span from the first start to the last end, the kernel
+    time in it, the GPU-idle share of the span, and the share of the idle time that waits for a launch."""
+    if k.empty:
+        return pd.Series({"traced ms": 0.0, "kernel ms": 0.0, "GPU idle %": np.nan,
+                          "idle that waits for a launch %": np.nan})
+    wall = k["end_us"].max() - k["start_us"].min()
+    busy = k["dur"].sum()
+    g = gaps(k)
+    idle = g["gap_us"].sum()
+    return pd.Series({"traced ms": wall / 1e3, "kernel ms": busy / 1e3, "GPU idle %": 100 * (1 - busy / wall),
+                      "idle that waits for a launch %":
+                          100 * g.loc[g["waits_for_launch"], "gap_us"].sum() / idle if idle else 0.0})
+
+
+def gap_histogram(k: pd.DataFrame, edges=(0, 5, 10, 20, 50, 100, np.inf)) -> pd.DataFrame:
+    """The idle gaps between consecutive GPU events, by length: how many gaps and how much idle time per bin."""
+    g = gaps(k)["gap_us"]
+    g = g[g > 0]
+    bins = pd.cut(g, list(edges), right=True)
+    out = pd.DataFrame({"gaps": g.groupby(bins, observed=False).size(),
+                        "idle ms": g.groupby(bins, observed=False).sum() / 1e3})
+    out.index = [f"{a:g}–{b:g}" if np.isfinite(b) else f"> {a:g}" for a, b in zip(edges[:-1], edges[1:])]
+    out.index.name = "gap µs"
+    return out.round(1)
+
+
+def span_table(analysis, pattern: str, iteration: int | None = None) -> pd.DataFrame:
+    r"""One row per host span of the labels matching `pattern` (e.g. "denoise_eval|cache_refresh", or
+    r"ProfilerStep#\d+"): its step, label, position among that step's spans, the host syncs inside it
+    (cudaStreamSynchronize calls and device-to-host copies, one of each per `.item()`), the median wait at a sync,
+    the GPU events it launched, their median µs and total ms, the traced span of its GPU work and the GPU-idle
+    share of that span."""
+    k = kernels(analysis)
+    syncs = runtime_calls(analysis, r"^cudaStreamSynchronize$")
+    d2h = k[k["name"].str.contains("DtoH")]
+    rows = []
+    s = spans(analysis, pattern=pattern, iteration=iteration)
+    position = s.groupby("iteration").cumcount()
+    for (_, span), nth in zip(s.iterrows(), position):
+        one = s.loc[[span.name]]
+        kk = launched_in(k, one)
+        sync = syncs[inside(syncs["ts"], one)]
+        idle = idle_summary(kk)
+        rows.append({"step": int(span["iteration"]), "label": span["name"], "#": int(nth),
+                     "host syncs": len(sync), "D2H copies": len(launched_in(d2h, one)),
+                     "sync wait µs (median)": sync["dur"].median() if len(sync) else np.nan,
+                     "GPU events": len(kk), "median µs": kk["dur"].median(), "kernel ms": idle["kernel ms"],
+                     "traced ms": idle["traced ms"], "GPU idle %": idle["GPU idle %"]})
+    return pd.DataFrame(rows).set_index(["step", "label", "#"])
+
+
+def label_breakdown(analysis, labels, iteration: int | None = None, outside: dict | None = None,
+                    within: str | None = None) -> pd.DataFrame:
+    r"""GPU time per record_function label, split by kind of kernel: for each label in `labels` (exact names), the
+    kernels launched while one of its spans was open: calls (spans), GPU ms and share of the kernel time (of the
+    step with `iteration`, else of the trace), GEMM ms, attention ms, small-op ms (everything else), GPU events,
+    their median µs, device-to-host copies (syncs) and the spans' total host ms.
+
+    `outside` adds rows of what a parent label launched outside its listed children: {row name: (parent label
+    regex, [child label regexes])}, e.g. {"block, outside its modules": (r"block\d\d", ["self_attn", "ffn"])}.
+    `within` (a label regex) keeps only the spans and kernels inside that label's spans (e.g. "cache_refresh"); the
+    share stays of the whole step's (or trace's) kernel time."""
+    k = kernels(analysis)
+    ann = spans(analysis, iteration=iteration)
+    if iteration is not None:
+        k = launched_in(k, spans(analysis, pattern=r"ProfilerStep#\d+", iteration=iteration))
+    total = k["dur"].sum()
+    if within is not None:
+        container = ann[ann["name"].str.fullmatch(within)]
+        ann = ann[inside(ann["ts"], container)]
+        k = launched_in(k, container)
+
+    def row(kk, n_spans, host_us):
+        by_cat = kk.groupby("category")["dur"].sum()
+        gemm, attn = by_cat.get("GEMM", 0.0), by_cat.get("attention", 0.0)
+        return {"calls": n_spans, "GPU ms": kk["dur"].sum() / 1e3, "share %": 100 * kk["dur"].sum() / total,
+                "GEMM ms": gemm / 1e3, "attention ms": attn / 1e3,
+                "small-op ms": (kk["dur"].sum() - gemm - attn) / 1e3, "GPU events": len(kk),
+                "median µs": kk["dur"].median() if len(kk) else np.nan,
+                "syncs": int(kk["name"].str.contains("DtoH").sum()), "host ms": host_us / 1e3}
+
+    rows = {}
+    for name in labels:
+        s = ann[ann["name"] == name]
+        rows[name] = row(launched_in(k, s), len(s), s["dur"].sum())
+    for name, (parent, children) in (outside or {}).items():
+        p = ann[ann["name"].str.fullmatch(parent)]
+        kk = launched_in(k, p)
+        for child in children:
+            kk = kk[~inside(kk["launch_ts"], ann[ann["name"].str.fullmatch(child)])]
+        rows[name] = row(kk, len(p), np.nan)
+    out = pd.DataFrame(rows).T
+    for c in ("calls", "GPU events", "syncs"):
+        out[c] = out[c].astype(int)
+    out.index.name = "label"
+    return out
 
 
 # -- breakdowns -------------------------------------------------------------------------------------------------
@@ -260,26 +549,22 @@ def launch_stats(analysis, short_kernel_us: float = 50.0, long_delay_us: float =
     rows = {
         "launches": len(df),
         f"kernels < {short_kernel_us:g} µs": int(short.sum()),
-        f"share of GPU time in kernels < {short_kernel_us:g} µs, %": 100 * df.loc[short, "gpu_duration"].sum()
-        / max(df["gpu_duration"].sum(), 1),
-        "median kernel µs": float(df["gpu_duration"].median()),
-        "median CPU launch µs": float(df["cpu_duration"].median()),
-        "median launch delay µs": float(df["launch_delay"].median()),
+        f"share of GPU time in kernels < {short_kernel_us:g} µs, %": round(100 * df.loc[short, "gpu_duration"].sum()
+                                                                           / max(df["gpu_duration"].sum(), 1), 2),
+        "median kernel µs": round(float(df["gpu_duration"].median()), 2),
+        "median CPU launch µs": round(float(df["cpu_duration"].median()), 2),
+        "median launch delay µs": round(float(df["launch_delay"].median()), 2),
         f"launches delayed > {long_delay_us:g} µs": int((df["launch_delay"] > long_delay_us).sum()),
     }
-    return pd.DataFrame({"value": rows}).round(2)
+    # one column of counts (ints) and rates (floats): kept as objects so that counts stay whole numbers
+    return pd.DataFrame({"value": pd.Series(rows, dtype=object)})
 
 
 def host_syncs(analysis) -> pd.DataFrame:
     """Host-side synchronising CUDA runtime calls (cudaStreamSynchronize, cudaDeviceSynchronize, blocking
     cudaMemcpy) per profiled step (iteration): count and total host time blocked. (The profiler also records
     each one as a "Stream Sync" marker; those are not counted twice.)"""
-    t = analysis.t.get_trace(0)
-    sym = analysis.t.symbol_table.get_sym_table()
-    names = t["name"].map(lambda i: sym[i])
-    cats = t["cat"].map(lambda i: sym[i])
-    sync = t[(cats == "cuda_runtime") & names.str.contains(r"Synchronize|^cudaMemcpy$", regex=True)]
-    sync = sync.assign(name=names[sync.index])
+    sync = runtime_calls(analysis, r"Synchronize|^cudaMemcpy$")
     out = sync.groupby(["iteration", "name"]).agg(count=("dur", "size"), total_ms=("dur", lambda d: d.sum() / 1e3))
     out.index.names = ["step", "sync"]
     return out.round(3)
@@ -318,59 +603,80 @@ def in_window(k: pd.DataFrame, window: tuple[float, float]) -> pd.DataFrame:
 def window(analysis, label: str, occurrence: int = 0) -> tuple[float, float]:
     """GPU time window [start, end) in µs (relative, as in kernels()) of the kernels launched inside the
     occurrence-th host span of `label` (e.g. "block05", "denoise_step")."""
-    k = kernels(analysis)
     ann = annotations(analysis)
-    spans = ann[ann["name"] == label]
-    if len(spans) <= occurrence:
-        raise KeyError(f"label {label!r} occurs {len(spans)} time(s) in this trace; labels seen: "
+    found = ann[ann["name"] == label]
+    if len(found) <= occurrence:
+        raise KeyError(f"label {label!r} occurs {len(found)} time(s) in this trace; labels seen: "
                        f"{', '.join(sorted(set(ann['name']))[:30])}")
-    span = spans.iloc[occurrence]
-    inside = k[(k["launch_ts"] >= span["ts"]) & (k["launch_ts"] <= span["end"])]
-    if inside.empty:
-        raise KeyError(f"no GPU work was launched inside {label!r} #{occurrence}")
-    return float(inside["start_us"].min()), float(inside["end_us"].max())
+    try:
+        return span_window(kernels(analysis), found.iloc[[occurrence]])
+    except KeyError:
+        raise KeyError(f"no GPU work was launched inside {label!r} #{occurrence}") from None
+
+
+def source_breakdown(k: pd.DataFrame, own: dict | None = None) -> pd.DataFrame:
+    """GPU events grouped by who wrote the kernel: the hand-written kernels in `own` ({label: [kernel names]}, e.g.
+    the stage-6 Triton kernels), Inductor's generated Triton kernels (names starting with `triton_`), and the rest
+    by category. Calls and ms per group."""
+    own = own or {}
+    by_name = {n: label for label, names in own.items() for n in names}
+    source = np.where(k["short_name"].isin(list(by_name)), k["short_name"].map(by_name),
+                      np.where(k["short_name"].str.startswith("triton_"), "Inductor Triton", k["category"]))
+    g = k.groupby(source)["dur"].agg(calls="size", ms="sum")
+    g["ms"] = g["ms"] / 1e3
+    g.index.name = "kernels"
+    return g
 
 
 # -- comparing two stages ---------------------------------------------------------------------------------------
 
 
-def trace_diff(workload: str, before: str, after: str, root=None, top: int = 12) -> pd.DataFrame:
-    """HTA TraceDiff of GPU kernels between two stages (one profiled step each), by short kernel name:
-    counts and total µs before and after, sorted by the change in time."""
-    quiet()
-    from hta.trace_diff import DeviceType, LabeledTrace, TraceDiff
+def first_step(k: pd.DataFrame) -> pd.DataFrame:
+    """The GPU events of the first profiled step of kernels() (an offload baseline's trace also holds the
+    expert-switch step; the first is the normal one)."""
+    steps = k.loc[k["iteration"] > 0, "iteration"]
+    return k[k["iteration"] == steps.min()] if len(steps) else k
 
-    dirs = []
-    for stage in (before, after):
-        folder = _folder(workload, stage, root)
-        if not (folder / TRACE_NAME).exists():
-            raise _missing(folder / TRACE_NAME, workload, stage)
-        dirs.append(str(folder.resolve()))
-    df = TraceDiff.compare_traces(LabeledTrace(before, trace_dir=dirs[0]), LabeledTrace(after, trace_dir=dirs[1]),
-                                  device_type=DeviceType.GPU, use_short_name=True)
-    df = df[[f"{before}_counts", f"{before}_total_duration", f"{after}_counts", f"{after}_total_duration",
-             "diff_duration"]].copy()
-    df.columns = [f"{before} calls", f"{before} ms", f"{after} calls", f"{after} ms", "Δ ms"]
-    for c in (f"{before} ms", f"{after} ms", "Δ ms"):
-        df[c] = df[c] / 1e3
-    df = df.reindex(df["Δ ms"].abs().sort_values(ascending=False).index).head(top)
-    df.index = [str(i)[:60] for i in df.index]
-    df.index.name = "kernel"
-    return df.round(2)
+
+def kernel_counts(k: pd.DataFrame) -> pd.DataFrame:
+    """Calls and total ms per short kernel name of a set of GPU events."""
+    g = k.groupby("short_name")["dur"].agg(calls="size", ms="sum")
+    g["ms"] = g["ms"] / 1e3
+    return g
+
+
+def trace_diff(workload: str, before: str, after: str, root=None, top: int = 12) -> pd.DataFrame:
+    """The GPU kernels (and memcpys, memsets) of the first profiled step of two stages, by short kernel name:
+    calls and total ms before and after, sorted by the size of the change in time.
+
+    Computed from kernels() of each trace rather than with HTA's TraceDiff: HTA counts every event with a `stream`
+    argument as a GPU event, and Inductor's host-side launch ops carry one, named after their kernel, so each
+    Inductor kernel would count twice (and the profiler's `Stream Sync` markers would show as kernels)."""
+    a, b = (first_step(kernels(load_trace(workload, s, root))) for s in (before, after))
+    d = pd.concat({before: kernel_counts(a), after: kernel_counts(b)}, axis=1).fillna(0)
+    d.columns = [f"{s} {c}" for s, c in d.columns]
+    for s in (before, after):
+        d[f"{s} calls"] = d[f"{s} calls"].astype(int)
+    d["Δ ms"] = d[f"{after} ms"] - d[f"{before} ms"]
+    d = d.reindex(d["Δ ms"].abs().sort_values(ascending=False, kind="stable").index).head(top)
+    d.index.name = "kernel"
+    return _no_negative_zero(d.round(2))
 
 
 def category_diff(workload: str, before: str, after: str, root=None) -> pd.DataFrame:
-    """GPU kernel time per category in the first profiled step of each of two stages, and the difference (ms).
-    (An offload baseline's trace also holds the expert-switch step; the first step is the normal one.)"""
-    def first_step(stage):
-        k = kernels(load_trace(workload, stage, root))
-        return category_breakdown(k[k["iteration"] == k.loc[k["iteration"] > 0, "iteration"].min()])["ms"]
-
-    a, b = first_step(before), first_step(after)
+    """GPU kernel time per category in the first profiled step of each of two stages, and the difference (ms)."""
+    a, b = (category_breakdown(first_step(kernels(load_trace(workload, s, root))))["ms"] for s in (before, after))
     out = pd.DataFrame({before: a, after: b})
     out["Δ ms"] = out[after] - out[before]
     out.loc["total"] = out.sum()
-    return out.round(1)
+    return _no_negative_zero(out.round(1))
+
+
+def _no_negative_zero(df: pd.DataFrame) -> pd.DataFrame:
+    """-0.0 (a rounded small negative) shown as 0.0."""
+    num = df.select_dtypes("float").columns
+    df[num] = df[num] + 0.0
+    return df
 
 
 # -- manifests as tables ----------------------------------------------------------------------------------------
@@ -381,8 +687,8 @@ def stage_table(workload: str, stages=None, root=None) -> pd.DataFrame:
     error against the baseline, compile time."""
     folder = _folder(workload, None, root)
     if not folder.exists():
-        raise _missing(folder, workload, None)
-    names = stages or [p.name for p in folder.iterdir() if (p / "manifest.json").exists()]
+        raise _missing(folder, workload, None, root)
+    names = stages or [p.name for p in folder.iterdir() if (p / MANIFEST).exists()]
     manifests = {name: load_manifest(workload, name, root) for name in names}
     if not stages:  # in the order the run applied them (it differs per workload)
         names = sorted(names, key=lambda n: len(manifests[n]["stages_applied"]))
@@ -399,8 +705,126 @@ def stage_table(workload: str, stages=None, root=None) -> pd.DataFrame:
                      "peak GiB": 2, "compile s": 1})
 
 
-def provenance(manifest: dict) -> str:
-    """One line: where a number comes from."""
-    v = manifest["versions"]
-    return (f"{manifest['device']}, torch {v['torch']}, CUDA {v['cuda']}, driver {v['driver']}, run "
-            f"{manifest['run_id']}; timed: {manifest['step']}; median of {manifest['timing']['n']} with CUDA events")
+def best_stage(workload: str, root=None) -> str:
+    """The fastest captured stage of the workload's run (the one the README quotes)."""
+    return str(stage_table(workload, root=root)["step ms"].idxmin())
+
+
+def peers(run: dict) -> dict:
+    """The diffusers peers timed in a T2V run (label -> record with `timing`), none for other runs."""
+    return {k: v for k, v in run.get("peers", {}).items() if isinstance(v, dict) and "timing" in v}
+
+
+def best_peer(run: dict) -> str | None:
+    """The label of the run's fastest diffusers peer, None without peers."""
+    p = peers(run)
+    return min(p, key=lambda k: p[k]["timing"]["median"]) if p else None
+
+
+def commit_of(manifest: dict, run: dict | None = None) -> str:
+    """The git commit a record was captured from, or "not recorded"."""
+    return ((manifest.get("versions") or {}).get("git_commit") or ((run or {}).get("env") or {}).get("git_commit")
+            or "not recorded")
+
+
+def provenance(manifest: dict, width: int = 108) -> str:
+    """Where a number comes from, as a short block of lines (none longer than `width`, never cut mid-word):
+    workload and stage, run and commit; device and versions; what was timed and how."""
+    v = manifest.get("versions") or {}
+    lines = [f"{manifest['workload']} · {manifest['stage']} · run {manifest['run_id']} · commit "
+             f"{commit_of(manifest)}",
+             f"{manifest['device']} · torch {v.get('torch')} · CUDA {v.get('cuda')} · driver {v.get('driver')}",
+             f"timed: {manifest['step']}; median of {manifest['timing']['n']} with CUDA events"]
+    return "\n".join(textwrap.fill(line, width, subsequent_indent="    ", break_long_words=False,
+                                   break_on_hyphens=False)
+                     for line in lines)
+
+
+# -- the measured choices of the stages, in both capture formats ------------------------------------------------
+
+
+def stage_choice(workload: str, stage: str, root=None) -> dict:
+    """What a stage with a measured choice picked in the workload's run, and from what: {"options", "evidence",
+    "recorded"}. Newer runs record it (`choice` in the manifest, `choices` in capture.json); for the older H100
+    runs it is rebuilt from their fields: stage 05's kernel from capture.json's `ceilings` (the rates per kernel at
+    the self- and cross-attention shapes), stage 06's GELU epilogue from the manifest's `fusion` and capture.json's
+    `ffn_gelu`. `recorded` says which: "choice", "older fields", or "not measured" (a run from before the stage
+    measured its choice: the options are what that run's stage did)."""
+    run = load_run(workload, root)
+    try:
+        m = load_manifest(workload, stage, root)
+    except MissingTraceError:  # applied on the way but not captured (720p's stage 5): the run may still record it
+        check_stage(workload, stage)
+        m = {}
+    new = m.get("choice") or (run.get("choices") or {}).get(stage)
+    if new is not None:
+        return {"options": dict(new.get("options", {})), "evidence": dict(new.get("evidence", {})),
+                "recorded": "choice"}
+    if stage == "05_attention":
+        ceil = run.get("ceilings") or {}
+        forced = run.get("attention_backend_forced")
+        if forced:
+            return {"options": {"backend": forced}, "evidence": {"forced": True}, "recorded": "older fields"}
+        rates = {shape: dict(ceil[key]) for shape, key in (("self", "attention"), ("cross", "attention_cross"))
+                 if key in ceil}
+        return {"options": {"backend": ceil.get("attention_backend")},
+                "evidence": {"measured": True, "tflops": rates, "cross_share": ceil.get("attention_cross_share", 0.0)},
+                "recorded": "older fields"}
+    if stage == "06_fusion":
+        fusion = m.get("fusion")
+        if fusion is not None and "gelu_epilogue" in fusion and "ffn_gelu" in run:
+            return {"options": {"gelu_epilogue": bool(fusion["gelu_epilogue"])},
+                    "evidence": {"measured": True, "ffn_gelu": dict(run["ffn_gelu"])}, "recorded": "older fields"}
+        return {"options": {"gelu_epilogue": False}, "evidence": {"measured": False}, "recorded": "not measured"}
+    from ..stages import get_stage
+
+    if get_stage(check_stage(workload, stage), workload).choose is None:
+        raise ValueError(f"stage {stage} makes no choice: it has no options to pick")
+    return {"options": {}, "evidence": {}, "recorded": "not measured"}
+
+
+def attention_choice(workload: str, root=None) -> str | None:
+    """The attention kernel stage 05 picked in the workload's run."""
+    return stage_choice(workload, "05_attention", root)["options"].get("backend")
+
+
+def gelu_choice(workload: str, root=None) -> dict:
+    """Stage 06's GELU-epilogue choice in the workload's run: used (bool), measured (bool) and, where measured, the
+    timings at the FFN shape (separate_ms, epilogue_ms, shape, relative_l2)."""
+    c = stage_choice(workload, "06_fusion", root)
+    timing = c["evidence"].get("ffn_gelu") or {}
+    return {"used": bool(c["options"].get("gelu_epilogue")), "measured": bool(timing),
+            "separate_ms": timing.get("separate_ms"), "epilogue_ms": timing.get("epilogue_ms"),
+            "shape": timing.get("shape"), "relative_l2": timing.get("relative_l2")}
+
+
+def choices_table(workloads, root=None) -> pd.DataFrame:
+    """Per workload: the attention kernel stage 05 picked and whether stage 06 put GELU in the GEMM epilogue
+    (with the two timings at the FFN shape where the run measured them)."""
+    rows = []
+    for w in workloads:
+        g = gelu_choice(w, root)
+        rows.append({"workload": w, "attention kernel (05)": attention_choice(w, root),
+                     "GELU epilogue (06)": g["used"] if g["measured"] else "not measured (older run)",
+                     "GEMM then GELU ms": g["separate_ms"], "GEMM with GELU epilogue ms": g["epilogue_ms"]})
+    return pd.DataFrame(rows).set_index("workload").round(2)
+
+
+def whole_model_compile(run: dict) -> dict | None:
+    """The whole-model compile timed in the same run as stage 07's regional compile, or None: {"timing",
+    "compile_s", "warmup_ms"} from capture.json's `alternatives` (newer runs) or `compile_whole_model` (older)."""
+    alt = (run.get("alternatives") or {}).get("07_compile")
+    if alt is not None and alt.get("label", "whole_model_compile") == "whole_model_compile":
+        return {k: alt.get(k) for k in ("timing", "compile_s", "warmup_ms")}
+    old = run.get("compile_whole_model")
+    if old is not None:
+        return {k: old.get(k) for k in ("timing", "compile_s", "warmup_ms")}
+    return None
+
+
+def first_block_vs_steady(manifest: dict) -> float | None:
+    """A Matrix-Game-2 manifest's first block over its steady block (recorded by newer runs, computed for older)."""
+    first = manifest.get("first_block")
+    if not first:
+        return None
+    return first.get("vs_steady_block") or first["timing"]["median"] / manifest["timing"]["median"]

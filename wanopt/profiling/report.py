@@ -1,13 +1,18 @@
 """The pieces every stage notebook shows, in one place: the before/after numbers from the manifests, the live
-correctness check on the tiny model, and the before/after timelines."""
+correctness check on the tiny model, the before/after timelines, and the live host-sync count of the tiny
+Matrix-Game-2 model."""
 
 from __future__ import annotations
 
+import contextlib
+
+import numpy as np
 import pandas as pd
 import torch
 
+from ..measure import rel_l2
 from . import analysis, plots
-from .timing import rel_l2
+from .results import short_device
 
 T2V_WORKLOADS = ("t2v-1.3b-480p", "t2v-a14b-480p", "t2v-a14b-720p")
 
@@ -17,15 +22,27 @@ def previous_stage(workload: str, stage: str, root=None) -> str | None:
     return analysis.load_manifest(workload, stage, root).get("previous_stage")
 
 
+def device_of(workload: str, stage: str = "00_baseline", root=None) -> str:
+    """The short name of the GPU a workload's run was captured on ("H100", "H200")."""
+    return short_device(analysis.load_manifest(workload, stage, root).get("device"))
+
+
 def stage_comparison(stage: str, workloads=T2V_WORKLOADS, root=None) -> pd.DataFrame:
     """Per workload where `stage` was captured: the previous captured stage of the same run, both step times
-    (median, CUDA events), the speedup, the error against the baseline and its tolerance, peak memory."""
+    (median, CUDA events), the speedup, the error against the baseline, peak memory, MFU and the floor ratio.
+
+    A stage that none of the workloads has is an error naming their stages; a stage that no run captured is an
+    error naming what each run captured."""
+    known = [w for w in workloads if stage in analysis.known_stages(w)]
+    if not known:
+        names = dict.fromkeys(s for w in workloads for s in analysis.known_stages(w))
+        raise analysis.UnknownNameError(f"unknown stage {stage!r}; the stages of {', '.join(workloads)}: "
+                                        f"{', '.join(names)}")
     rows = []
-    for w in workloads:
-        try:
-            m = analysis.load_manifest(w, stage, root)
-        except analysis.MissingTraceError:
+    for w in known:
+        if stage not in analysis.captured_stages(w, root):
             continue
+        m = analysis.load_manifest(w, stage, root)
         prev = m.get("previous_stage")
         p = analysis.load_manifest(w, prev, root) if prev else None
         err = m["error_vs_baseline"]
@@ -37,13 +54,18 @@ def stage_comparison(stage: str, workloads=T2V_WORKLOADS, root=None) -> pd.DataF
             "MFU": m["mfu"], "floor ×": m["kernel_floor_ratio"],
             "error metric": "velocity" if "velocity" in err["metric"] else "latents", "error": err["value"],
         })
+    if not rows:
+        captured = "; ".join(f"{w}: {', '.join(analysis.captured_stages(w, root)) or 'nothing'}" for w in known)
+        raise analysis.MissingTraceError(f"{stage} was captured in no run of {', '.join(known)} (captured: "
+                                         f"{captured}); capture it on a GPU with "
+                                         f"`{analysis.capture_command(known[0], stage)}`")
     df = pd.DataFrame(rows).set_index("workload")
     return df.round({"before ms": 1, "after ms": 1, "speedup ×": 3, "vs baseline ×": 2, "MFU": 3, "floor ×": 2})
 
 
 def velocity_errors(workloads=T2V_WORKLOADS, root=None) -> pd.DataFrame:
-    """Per captured stage: the relative L2 of one step's guided velocity against 00_baseline's, at real size on
-    the H100 (the manifests' `error_vs_baseline`), with the stage's tolerance."""
+    """Per captured stage: the relative L2 of one step's guided velocity against 00_baseline's, at real size on the
+    GPU (the manifests' `error_vs_baseline`), with the stage's tolerance and whether it is within."""
     rows = []
     for w in workloads:
         for stage in analysis.stage_table(w, root=root).index:
@@ -61,10 +83,11 @@ def velocity_errors(workloads=T2V_WORKLOADS, root=None) -> pd.DataFrame:
 def tiny_stage_errors(upto: str, workload: str = "t2v-1.3b-480p", seed: int = 0) -> pd.DataFrame:
     """Live, on the CPU: the tiny A14B-like pipeline, the stages applied one by one in `workload`'s order up to
     `upto`, and after each the relative L2 of one step's guided velocity against the baseline's on the same
-    inputs, with the stage's tolerance. Errors are shown to one significant digit: CPUs differ in the last
-    bits of their float kernels, the verdict (within tolerance or not) does not."""
+    inputs, with the stage's cumulative tolerance (wanopt.stages.tolerance_at). Errors are shown to one
+    significant digit: CPUs differ in the last bits of their float kernels, the verdict (within tolerance or not)
+    does not."""
     from ..pipelines.t2v import WanT2V
-    from ..stages import stages_up_to
+    from ..stages import apply_stage, stages_up_to, tolerance_at
 
     pipe = WanT2V("tiny", device="cpu", seed=seed, vae=False)
     context, context_null = pipe.encode_prompt("a paper boat drifting down a rain gutter")
@@ -80,13 +103,16 @@ def tiny_stage_errors(upto: str, workload: str = "t2v-1.3b-480p", seed: int = 0)
     for stage in stages_up_to(upto, workload):
         if stage.apply is None:
             continue
-        pipe = stage.apply(pipe, **({"backend": "flash"} if stage.name == "05_attention" else {}))
+        pipe = apply_stage(pipe, stage, stage.options().options)  # the stage's own choice on this CPU
         v = step()
         err = rel_l2(v, base)
-        tol = max(s.tolerance for s in stages_up_to(stage.name, workload))
+        tol = tolerance_at(stage.name, workload)
         rows.append({"after stage": stage.name, "velocity rel L2": f"{err:.0e}", "tolerance": f"{tol:g}",
                      "within": "yes" if err <= tol else "NO"})
     return pd.DataFrame(rows).set_index("after stage")
+
+
+# -- timelines ----------------------------------------------------------------------------------------------------
 
 
 def block_timelines(workload: str, before: str, after: str, label: str = "block05", root=None):
@@ -101,8 +127,9 @@ def block_timelines(workload: str, before: str, after: str, label: str = "block0
             win, what = analysis.window(a, label), label
         except KeyError:
             win, what = analysis.window(a, "denoise_step"), "whole step (no block labels in a graph)"
-        panels.append((k, win, f"{workload} {stage}, {what}"))
-    return plots.timelines(panels)
+        panels.append((k, win, f"{stage}, {what}"))
+    return plots.timelines(panels, title=f"{workload} on an {device_of(workload, root=root)}: {label} before "
+                                         f"and after {after}")
 
 
 def step_timelines(workload: str, before: str, after: str, root=None, occurrence: int = 0):
@@ -110,32 +137,107 @@ def step_timelines(workload: str, before: str, after: str, root=None, occurrence
     panels = []
     for stage in (before, after):
         a = analysis.load_trace(workload, stage, root)
-        panels.append((analysis.kernels(a), analysis.window(a, "denoise_step", occurrence), f"{workload} {stage}"))
-    return plots.timelines(panels)
+        panels.append((analysis.kernels(a), analysis.window(a, "denoise_step", occurrence), stage))
+    return plots.timelines(panels, title=f"{workload} on an {device_of(workload, root=root)}: one denoising step "
+                                         f"before and after {after}")
 
 
-def readme_table(root=None) -> str:
-    """The README's results table, generated from the committed manifests (a test keeps the README in sync)."""
-    lines = ["| workload | what | step | vs baseline | MFU | × kernel floor | peak GiB | projected video |",
-             "|---|---|---|---|---|---|---|---|"]
-    for w in T2V_WORKLOADS:
-        table = analysis.stage_table(w, root=root)
-        run = analysis.load_run(w, root)
-        fastest = table["step ms"].idxmin()
-        for stage in dict.fromkeys(["00_baseline", fastest]):
-            m = analysis.load_manifest(w, stage, root)
-            lines.append(f"| {w} | {stage} | {m['timing']['median'] / 1e3:.2f} s | "
-                         f"{(m['speedup_vs_baseline'] or 1.0):.2f}× | {m['mfu']:.2f} | "
-                         f"{m['kernel_floor_ratio']:.2f} | {m['peak_memory_gib']:.1f} | "
-                         f"{m['projection']['total_s']:.0f} s ({m['projection']['steps']} steps) |")
-        peers = {k: v for k, v in run.get("peers", {}).items() if isinstance(v, dict)}
-        if peers:
-            name = min(peers, key=lambda k: peers[k]["timing"]["median"])
-            base = analysis.load_manifest(w, "00_baseline", root)["timing"]["median"]
-            p = peers[name]["timing"]["median"]
-            lines.append(f"| {w} | {name.replace('_', ' ')} (peer) | {p / 1e3:.2f} s | {base / p:.2f}× | | | | |")
-    m = analysis.load_manifest("mg2-universal", "00_baseline", root)
-    lines.append(f"| mg2-universal | 00_baseline, steady block | {m['timing']['median']:.0f} ms | 1.00× | "
-                 f"{m['mfu']:.2f} | {m['kernel_floor_ratio']:.2f} | {m['peak_memory_gib']:.1f} | "
-                 f"{m['dit_fps']:.1f} frames/s DiT-only |")
-    return "\n".join(lines)
+def waterfall_labels(workload: str, root=None) -> dict:
+    """Tick labels for a stage waterfall: a captured stage whose previous captured stage is not the one just
+    before it in the workload's order stands for several stages at once, and says so (720p: 06_fusion is stages
+    01-06 combined)."""
+    order = analysis.known_stages(workload)
+    labels = {}
+    for stage in analysis.stage_table(workload, root=root).index:
+        prev = previous_stage(workload, stage, root)
+        if prev in order and stage in order and order.index(stage) - order.index(prev) > 1:
+            first = order[order.index(prev) + 1]
+            labels[stage] = f"{stage}\n(stages {first[:2]}–{stage[:2]} combined)"
+    return labels
+
+
+def stage_waterfall(workload: str, root=None):
+    """The step time of every captured stage of a run as a waterfall: the baseline, each captured stage's change
+    over the one captured before it (labelled where it spans several stages), and the fastest stage last."""
+    table = analysis.stage_table(workload, root=root)
+    m = analysis.load_manifest(workload, table.index[0], root)
+    title = (f"{workload}: step time per captured stage (ms), {short_device(m['device'])}, run {m['run_id']}")
+    return plots.waterfall(table["step ms"], title, final=analysis.best_stage(workload, root),
+                           labels=waterfall_labels(workload, root))
+
+
+# -- host syncs, counted live on the tiny Matrix-Game-2 model ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def count_item_calls(model: torch.nn.Module, extra=None):
+    """Count `torch.Tensor.item` calls (each one a GPU→CPU copy and a host sync on a GPU) per forward of `model`.
+    Yields a list that gets one dict per forward: {"item calls": n, **extra()} (extra: a function called after
+    each forward, e.g. to read the cache's fill level)."""
+    records, count, starts = [], [0], []
+    original = torch.Tensor.item
+
+    def counted(self):
+        count[0] += 1
+        return original(self)
+
+    def pre(module, args):
+        starts.append(count[0])
+
+    def post(module, args, output):
+        records.append({"item calls": count[0] - starts.pop(), **(extra() if extra else {})})
+
+    hooks = [model.register_forward_pre_hook(pre), model.register_forward_hook(post)]
+    torch.Tensor.item = counted
+    try:
+        yield records
+    finally:
+        torch.Tensor.item = original
+        for h in hooks:
+            h.remove()
+
+
+def cached_attentions(config) -> int:
+    """Attentions over the KV cache per Matrix-Game-2 eval: one self-attention per layer, a mouse and a keyboard
+    one per action block (keyboard only without mouse)."""
+    return config.num_layers + len(config.action.blocks) * (2 if config.action.enable_mouse else 1)
+
+
+@torch.no_grad()
+def tiny_mg2_item_calls(blocks: int = 3, config: str = "mg2-tiny", seed: int = 0) -> pd.DataFrame:
+    """Live, on the CPU: `blocks` blocks of the tiny Matrix-Game-2 pipeline, one row per DiT eval: its block, kind
+    (denoise_eval or cache_refresh) and position in the block, its `.item()` calls, the self-attention's key
+    count after it, and the calls per cached attention (the number that scales to the real model)."""
+    from ..pipelines.causal import CausalPipeline
+
+    pipe = CausalPipeline(config, device="cpu", seed=seed)
+    state = pipe.start(blocks, seed=seed)
+    keys = lambda: {"self-attention keys": pipe.cache.layers[0].self_attn.local_end.tolist()[0]}  # noqa: E731
+    with count_item_calls(pipe.model, extra=keys) as records:  # .tolist() is not .item(): the read is not counted
+        for _ in range(blocks):
+            pipe.next_block(state)
+    kinds = ["denoise_eval"] * len(pipe.timesteps) + ["cache_refresh"]
+    live = pd.DataFrame(records)
+    live.insert(0, "block", np.repeat(range(blocks), len(kinds)))
+    live.insert(1, "eval", kinds * blocks)
+    live.insert(2, "#", list(range(len(kinds))) * blocks)
+    live = live.rename(columns={"item calls": ".item() calls"})
+    live["per cached attention"] = live[".item() calls"] / cached_attentions(pipe.config)
+    return live.set_index(["block", "eval", "#"])
+
+
+@torch.no_grad()
+def tiny_mg2_eviction_error(config: str = "mg2-tiny", seed: int = 0) -> float:
+    """Live check of the rolling KV cache on the tiny Matrix-Game-2 model: after block 2 the first half of the
+    first layer's self-attention key buffer must hold what its second half held after block 1 (the oldest block
+    evicted, the rest shifted). Returns the largest absolute difference (0 when the roll is exact)."""
+    from ..pipelines.causal import CausalPipeline
+
+    pipe = CausalPipeline(config, device="cpu", seed=seed)
+    state = pipe.start(3, seed=seed)
+    keys = []
+    for _ in range(3):
+        pipe.next_block(state)
+        keys.append(pipe.cache.layers[0].self_attn.k.clone())
+    half = keys[1].size(1) // 2
+    return (keys[2][:, :half].float() - keys[1][:, half:].float()).abs().max().item()

@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # 07 · Fusion: one QKV GEMM, and Triton kernels for norm + modulate and RMSNorm + RoPE
+# # t2v/06_fusion · Fusion: one QKV GEMM, and Triton kernels for norm + modulate and RMSNorm + RoPE
 #
 # **What changes** (`wanopt.stages.fusion`, stage `06_fusion`), on the lean model of stage 4:
 # - self-attention's q, k, v projections become one d→3d GEMM (cross-attention's k, v one d→2d GEMM on the text);
@@ -22,9 +22,9 @@
 # - RMSNorm over the full dim + split heads + RoPE on interleaved pairs becomes one Triton kernel for q and for k
 #   (`_rmsnorm_rope_kernel`), which reads q and k straight out of the fused QKV output (a strided view, no copy);
 #   the same kernel without the rotation does cross-attention's q and k;
-# - the FFN's GELU moves into the up-projection GEMM's cuBLASLt epilogue, but only where the capture measured
-#   that faster at the workload's shape, right before the run (`capture.json` → `ffn_gelu`): used at 1.3B-480p,
-#   not at 720p. The A14B-480p run is older and predates the choice: its stage 6 runs the GEMM, then GELU.
+# - the FFN's GELU moves into the up-projection GEMM's cuBLASLt epilogue, but only where the stage's `choose`
+#   measured that faster at the workload's shape on the run's GPU (`analysis.gelu_choice` reads what each run
+#   picked). The A14B-480p run is older and predates the choice: its stage 6 runs the GEMM, then GELU.
 #
 # Exact up to rounding: the kernels keep intermediates in fp32 and round once, where the eager code rounds to bf16
 # after each op.
@@ -46,11 +46,13 @@ import pandas as pd
 import torch
 
 from wanopt.configs import get_config
+from wanopt.kernels import INTERPRETER
+from wanopt.measure import rel_l2
 from wanopt.models.layers import rope_table
 from wanopt.profiling import analysis, report
-from wanopt.profiling.timing import rel_l2
 from wanopt.stages import dtype_hygiene
-from wanopt.stages.fusion import INTERPRETER, triton_norm_modulate, triton_qk_norm_rope
+from wanopt.stages.fusion import triton_norm_modulate, triton_qk_norm_rope
+from wanopt.targets import goal
 
 STAGE = "06_fusion"
 _ = torch.manual_seed(0)
@@ -126,7 +128,7 @@ pd.DataFrame(rows).set_index(["kernel", "case"]).fillna("")
 # The fused kernels sit at the same rounding level as the eager bf16 path (slightly above it: truncation on the
 # CPU), two orders of magnitude below the controls.
 #
-# ## The committed H100 numbers
+# ## The committed GPU numbers
 # Same run, same GPU: the previous captured stage and this one. **At 720p the previous captured stage is the
 # baseline** (the 720p run captured `00_baseline`, then only the final stages `06_fusion`, `07_compile` and
 # `08_cuda_graphs`), so its row is stages 1–6 together, offload and batched CFG included.
@@ -208,68 +210,57 @@ bandwidth = pd.DataFrame(rows).set_index(["kernel", "role"])
 bandwidth.round(2)
 
 # %% [markdown]
-# The norm + modulate kernel runs close to the H100's HBM bandwidth (3.35 TB/s on paper), the plain RMSNorm not
-# far behind. The RMSNorm + RoPE kernel moves the same bytes as the plain RMSNorm (plus small tables) but takes
-# over twice as long, so the bytes are not what limits it; the likely cost is the rotation's stride-2 loads and
-# stores of even and odd elements, which also compile to a variant with shared memory and lower occupancy (its
-# launch configuration is in notebook 08). That is the one fused kernel with room left.
+# The norm + modulate kernel runs close to the HBM bandwidth of the A14B run's GPU (an H100: 3.35 TB/s on paper),
+# the plain RMSNorm not far behind. The RMSNorm + RoPE kernel moves the same bytes as the plain RMSNorm (plus small
+# tables) but takes over twice as long, so the bytes are not what limits it; the likely cost is the rotation's
+# stride-2 loads and stores of even and odd elements, which also compile to a variant with shared memory and lower
+# occupancy (its launch configuration is in `t2v/07_compile`). That is the one fused kernel with room left. (A
+# second form that walks each row as heads × pairs with contiguous loads was timed against it in earlier captures
+# and was slower at every shape; it was dropped.)
 #
-# ### Measured choices: the GELU epilogue, and the RoPE kernel's form
+# ### The measured choice: GELU in the GEMM epilogue
 # Each newer capture times the FFN up-projection + GELU both ways at its shape (`[2L, d] @ [d, ffn_dim]`, median
-# ms) and passes the winner to the stage (the manifest's `fusion`); it also timed a second form of the RMSNorm +
-# RoPE kernel, which walks each row as heads × pairs with contiguous loads, against the kept kernel, which walks it
-# as pairs. Below, each run's numbers, and the GELU time in its `06_fusion` trace (one step):
+# ms) and passes the winner to the stage. Each run's choice and its two timings:
 
 # %%
-for w in report.T2V_WORKLOADS:
-    run, fusion = analysis.load_run(w), analysis.load_manifest(w, STAGE).get("fusion")
-    k = analysis.kernels(analysis.load_trace(w, STAGE))
-    epilogue_ms = k.loc[k["short_name"].str.contains("gelubias"), "dur"].sum() / 1e3
-    separate_ms = k.loc[k["short_name"] == "GeluCUDAKernelImpl", "dur"].sum() / 1e3
-    print(f"{w} (run {run['run_id']}): trace: GEMMs with a GELU epilogue {epilogue_ms:.1f} ms, separate GELU "
-          f"kernels {separate_ms:.1f} ms")
-    if "ffn_gelu" not in run or fusion is None:
-        print("  this run predates the choice: no epilogue timing, stage 6 runs the GEMM, then GELU")
-        continue
-    g = run["ffn_gelu"]
-    print(f"  up-projection + GELU at {'x'.join(map(str, g['shape']))}: GEMM then GELU {g['separate_ms']:.2f} ms, "
-          f"epilogue {g['epilogue_ms']:.2f} ms (rel L2 {g['relative_l2']:.0e}); "
-          f"epilogue used: {fusion['gelu_epilogue']}")
-    for key, r in fusion["rmsnorm_rope"].items():
-        rows_, dim_, heads_, rope_ = key.split("x")[:4]
-        print(f"  RMSNorm{' + RoPE' if rope_ == 'True' else ''}, {rows_} rows x {dim_} ({heads_} heads): pairs "
-              f"{r['pairs_ms']:.3f} ms, heads x pairs {r['heads_ms']:.3f} ms ({r['heads_ms'] / r['pairs_ms']:.1f}x); "
-              f"kept: {r['picked']}")
+choices = analysis.choices_table(report.T2V_WORKLOADS)
+choices
 
 # %% [markdown]
-# At 1.3B-480p the epilogue won (2.78 against 3.26 ms) and is used: the trace's up-projection GEMMs carry GELU
-# (`…_gelubias_…` kernels), and no separate GELU runs in the blocks. At 720p it lost (34.15 against 32.37 ms), so
-# GELU stays its own kernel. The A14B-480p run predates the choice and runs GELU separately. The heads × pairs
-# form of the RMSNorm + RoPE kernel, meant to replace the stride-2 loads above with contiguous ones, was
-# 1.2–5.4× slower than the pairs kernel at every shape measured, with and without RoPE, and was dropped from the
-# code.
-#
-# ## The whole step: HTA TraceDiff
-# GPU time per category (one profiled step each), then the kernels whose time changed most. HTA also lists the
-# profiler's `Stream Sync` events (the host waiting on the stream, not kernels); they are dropped.
+# The trace shows the choice: with the epilogue the up-projection GEMMs carry GELU (`…gelubias…` kernels) and no
+# separate GELU kernel runs in the blocks; without it GELU is its own kernel. GPU ms in each run's `06_fusion`
+# profiled step:
+
+# %%
+rows = {}
+for w in report.T2V_WORKLOADS:
+    k = analysis.kernels(analysis.load_trace(w, STAGE))
+    rows[w] = {"GEMMs with a GELU epilogue ms": k.loc[k["short_name"].str.contains("gelubias"), "dur"].sum() / 1e3,
+               "separate GELU kernels ms": k.loc[k["short_name"] == "GeluCUDAKernelImpl", "dur"].sum() / 1e3}
+pd.DataFrame(rows).T.round(1).assign(**{"epilogue used": [analysis.gelu_choice(w)["used"] for w in rows]})
+
+# %% [markdown]
+# ## The whole step, kernel by kernel
+# GPU time per category (one profiled step each), then the GPU kernels whose time changed most.
 
 # %%
 pd.concat({w: analysis.category_diff(w, "05_attention", STAGE) for w in ("t2v-1.3b-480p", W)}, axis=1)
 
 # %%
-analysis.trace_diff(W, "05_attention", STAGE).drop(index="Stream Sync", errors="ignore")
+analysis.trace_diff(W, "05_attention", STAGE)
 
 # %% [markdown]
 # What the diff shows (A14B-480p): the eager `vectorized_layer_norm_kernel`s go (one is left, outside the blocks),
 # the generic `elementwise_kernel` calls drop by more than half, the two Triton kernels come in; the GEMM calls are
 # regrouped (one QKV GEMM with another tile shape in place of three) at about the same total time, and attention
-# moves by 1–2 %: the same FA4 kernel on the same shapes. At 1.3B, where the up-projection now also applies GELU,
-# the GEMMs take 9 ms more (231.5 → 240.4) while the elementwise time drops by 104 ms.
+# moves by 1–2 %: the same FA4 kernel on the same shapes. Where the up-projection also applies GELU (a run whose
+# stage picked the epilogue), the GEMMs take a little more time while the elementwise time drops by much more (the
+# category table).
 #
 # ## 720p: baseline → fusion
 # The 720p run has no capture between the baseline and this stage, so this is stages 1–6 at once: both experts
 # resident, batched CFG, TF32, dtype hygiene, FA4 attention and fusion (GELU as its own kernel: the epilogue lost
-# at this shape). The baseline trace holds two steps (a normal one and the expert switch); the timeline, the
+# at this shape in this run). The baseline trace holds two steps (a normal one and the expert switch); the timeline, the
 # category diff and HTA's TraceDiff all use the first profiled step of each trace, a normal step on the
 # high-noise expert in both.
 
@@ -281,7 +272,7 @@ plt.show()
 analysis.category_diff("t2v-a14b-720p", "00_baseline", STAGE)
 
 # %%
-analysis.trace_diff("t2v-a14b-720p", "00_baseline", STAGE).drop(index="Stream Sync", errors="ignore")
+analysis.trace_diff("t2v-a14b-720p", "00_baseline", STAGE)
 
 # %% [markdown]
 # Attention (FA2 → FA4, 26.9 → 14.1 s of kernel time) is most of the 720p gain, then the reference's elementwise
@@ -301,6 +292,8 @@ for w, r in cmp.iterrows():
     print(f"{w}: {r['before ms']:.0f} -> {r['after ms']:.0f} ms per step vs {r['previous stage']}, "
           f"{r['speedup ×']:.3f}x; peak {r['peak GiB before']:.2f} -> {r['peak GiB after']:.2f} GiB; "
           f"kernel floor ratio {floor_before:.2f} -> {r['floor ×']:.2f}")
+print(f"720p peak {cmp.loc['t2v-a14b-720p', 'peak GiB after']:.2f} GiB against the target's "
+      f"{goal('t2v-a14b-720p', 'peak_gib_resident'):g} GiB with both experts resident (wanopt/targets.py)")
 rope = bandwidth.loc[("_rmsnorm_rope_kernel", "q: RMSNorm + RoPE"), "TB/s"]
 plain = bandwidth.loc[("_rmsnorm_rope_kernel", "cross q: RMSNorm"), "TB/s"]
 print(f"RMSNorm + RoPE kernel at {rope:.2f} TB/s against {plain:.2f} TB/s without the rotation")
@@ -311,19 +304,18 @@ print(f"RMSNorm + RoPE kernel at {rope:.2f} TB/s against {plain:.2f} TB/s withou
 # within 2 %, and peak memory is flat at A14B (the separate q/k/v weights are freed). The docstring's "a few ms
 # per block" was counted for one sample (335 MB per pass); the batched forward moves two samples per pass, which
 # doubles it.
-# The step gain is modest because after stage 5 these passes were already a small share of the step: 1.12x at 1.3B
-# (1042 → 931 ms), 1.08x at A14B (5623 → 5207 ms); both 480p workloads move closer to their kernel floor (1.27 →
-# 1.13 and 1.21 → 1.12), where the rest of the time is GEMMs and attention. At 1.3B peak memory also drops, 6.37 →
-# 5.47 GiB; the GELU epilogue, which no longer writes the up-projection's output before GELU (65,520 × 8,960 bf16,
-# 1.1 GiB), is a plausible cause, not a measured one (the traces record no allocations).
+# The step gain is modest because after stage 5 these passes were already a small share of the step (the lines
+# above); both 480p workloads move closer to their kernel floor, where the rest of the time is GEMMs and attention.
+# Where the stage picked the GELU epilogue, peak memory can drop as well: the epilogue no longer writes the
+# up-projection's output before GELU (at 1.3B-480p 65,520 × 8,960 bf16, 1.1 GiB), a plausible cause, not a
+# measured one (the traces record no allocations).
 #
-# The GELU epilogue is a measured choice, not a rule: at 1.3B-480p it won (2.78 against 3.26 ms) and is used; at
-# 720p cuBLASLt's GEMM with the epilogue was slower than GEMM + GELU (34.15 against 32.37 ms), so GELU stays a
-# separate kernel there.
+# The GELU epilogue is a measured choice, not a rule: cuBLASLt's GEMM with the epilogue is faster than GEMM + GELU
+# at some shapes and GPUs and slower at others (the choices table above), and each run uses what it measured.
 #
-# At 720p the row is the whole sequence from the baseline, 39441 → 20545 ms (1.92x): both experts now resident,
-# the peak (69.02 GiB) stays below the 76 GiB target, and the step is close to its kernel floor (1.11), with a
-# velocity error at the 480p level (the table above).
+# At 720p the row is the whole sequence from the baseline (1.92x): both experts now resident, the peak stays
+# below the memory target, and the step is close to its kernel floor, with a velocity error at the 480p level
+# (the table above).
 #
 # Left on the table: the RMSNorm + RoPE kernel runs at less than half the bandwidth of its own no-rotation
 # variant. The first fix tried, a form that walks each row as heads × pairs with contiguous loads, was 1.2–5.4×

@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # 09 · CUDA graphs: one launch per forward, and why it buys nothing here
+# # t2v/08_cuda_graphs · CUDA graphs: one launch per forward, and why it buys nothing here
 #
 # **What changes** (`wanopt.stages.cuda_graphs`, stage `08_cuda_graphs`): the first call with a given input shape
 # warms each expert up on a side stream and records one CUDA graph of its whole forward (every kernel of every
@@ -23,7 +23,7 @@
 # **Prediction** (the stage docstring): a graph removes the CPU's launch cost and the gaps between kernels. A T2V step
 # has on the order of a thousand kernels, its time dominated by GEMMs and attention kernels of milliseconds each, and
 # the CPU is far ahead of the GPU; so a graph should save well under 1 % of a step. The stage is here to show where
-# graphs do *not* pay. The Matrix-Game-2 model (notebook 10) is the opposite case: small evals, thousands of
+# graphs do *not* pay. The Matrix-Game-2 model (`mg2/00_baseline`) is the opposite case: small evals, thousands of
 # microsecond kernels, a GPU waiting on the host. That is where graphs pay.
 
 # %%
@@ -37,7 +37,6 @@ import pandas as pd
 from wanopt.profiling import analysis, report
 
 STAGE, PREV = "08_cuda_graphs", "07_compile"
-readable = lambda v: f"{v:,.2f}".rstrip("0").rstrip(".")  # noqa: E731  (HTA's counts and µs, without exponents)
 WORKLOADS = list(report.T2V_WORKLOADS)  # 1.3B and A14B at 480p, A14B at 720p
 traces = {(w, s): analysis.load_trace(w, s) for w in WORKLOADS for s in (PREV, STAGE)}
 
@@ -50,7 +49,7 @@ traces = {(w, s): analysis.load_trace(w, s) for w in WORKLOADS for s in (PREV, S
 report.tiny_stage_errors(STAGE, "t2v-1.3b-480p")
 
 # %% [markdown]
-# On the H100, exactness shows in the manifests: the graph replays the very kernels of stage 7, so the error
+# On the GPU, exactness shows in the manifests: the graph replays the very kernels of stage 7, so the error
 # against the baseline is the same number, bit for bit.
 
 # %%
@@ -60,7 +59,7 @@ for w in WORKLOADS:
           f"{'identical' if e[PREV] == e[STAGE] else 'DIFFERENT'}")
 
 # %% [markdown]
-# ## The committed H100 numbers
+# ## The committed GPU numbers
 
 # %%
 cmp = report.stage_comparison(STAGE)
@@ -78,7 +77,7 @@ capture["capture / step"] = capture["capture s"] * 1e3 / cmp["after ms"]
 capture.round(1)
 
 # %% [markdown]
-# About two steps' time at every size, the two warm-up forwards: the recording itself is cheap. (An earlier 720p
+# A couple of steps' time, the two warm-up forwards: the recording itself is cheap. (An earlier 720p
 # capture, in git history before commit `b323e48`, crashed in this stage's warm-up with an illegal memory access;
 # the cause was the stage-6 kernels' 32-bit row offsets, since made 64-bit, and this run captured the stage at
 # 720p.)
@@ -91,28 +90,20 @@ capture.round(1)
 # `cudaGraphLaunch`.
 
 # %%
-def host_launches(a):
-    t = a.t.get_trace(0)
-    sym = a.t.symbol_table.get_sym_table()
-    names, cats = t["name"].map(sym.__getitem__), t["cat"].map(sym.__getitem__)
-    launch = cats.isin(["cuda_runtime", "cuda_driver"]) & names.str.contains("Launch")
-    return names[launch].value_counts()
-
-
-pd.concat({w: pd.concat({s: host_launches(traces[(w, s)]) for s in (PREV, STAGE)}, axis=1)
+pd.concat({w: pd.concat({s: analysis.launch_calls(traces[(w, s)]) for s in (PREV, STAGE)}, axis=1)
            for w in WORKLOADS}, axis=1).fillna(0).astype(int)
 
 # %% [markdown]
 # HTA's launch statistics, before and after. HTA pairs kernels only with `cudaLaunchKernel` and
 # `cudaLaunchKernelExC` calls (and async memcpy and memset), so the Triton kernels and GEMMs of stage 7 and the
 # graph's kernels are not in them (FA4's attention kernels are); what remains after the graph are the few ATen
-# launches outside it (CFG concat and split, the scheduler step). The telling row is the median launch delay
-# before: the host enqueues kernels 0.26 s (1.3B), 1.9 s (A14B-480p) and 7.5 s (720p) ahead of the GPU, so the
-# launch cost is hidden behind the GPU's work.
+# launches outside it (CFG concat and split, the scheduler step). The telling column is the median launch delay
+# before the graph: the host enqueues kernels a large fraction of a second to several seconds ahead of the GPU, so
+# the launch cost is hidden behind the GPU's work.
 
 # %%
-pd.concat({w: pd.concat({s: analysis.launch_stats(traces[(w, s)])["value"] for s in (PREV, STAGE)}, axis=1)
-           for w in WORKLOADS}, axis=1).map(readable)
+pd.concat({(w, s): analysis.launch_stats(traces[(w, s)])["value"] for w in WORKLOADS for s in (PREV, STAGE)},
+          axis=1).T
 
 # %% [markdown]
 # ## GPU idle time: the most a graph could give back
@@ -136,21 +127,20 @@ plt.show()
 # The two steps are indistinguishable: the same kernels in the same order, and no gaps to close in either.
 
 # %% [markdown]
-# ## HTA TraceDiff
-# Per category the GPU work is the same. HTA's TraceDiff of kernels, though, lists changes:
+# ## What changed in the trace
+# Per category the GPU work is the same, and so is the list of GPU kernels (each counted once):
 
 # %%
 pd.concat({w: analysis.category_diff(w, PREV, STAGE) for w in WORKLOADS}, axis=1)
 
 # %%
-analysis.trace_diff("t2v-a14b-480p", PREV, STAGE).drop(index="Stream Sync", errors="ignore")
+analysis.trace_diff("t2v-a14b-480p", PREV, STAGE)
 
 # %% [markdown]
-# Those rows are mostly not GPU changes: HTA counts Inductor's CPU-side launch events (named after their kernels,
-# with a `stream` argument) as GPU events (notebook 08), and in a graph replay those CPU events no longer exist,
-# so stage 7 shows twice the calls of stage 8 for every Inductor kernel (and the time of its CPU-side event added
-# to the kernel's). On the GPU side alone (`analysis.kernels()`), the kernels whose count
-# differs between the two steps:
+# (HTA's own TraceDiff would list every Inductor kernel here with twice its calls before the graph: it counts the
+# host-side launch ops, which carry a `stream` argument and the kernel's name, as GPU events, and a graph replay
+# has no such ops. `analysis.trace_diff` counts GPU events only.) The kernels whose count differs between the two
+# steps:
 
 # %%
 counts = {w: pd.concat({s: analysis.kernels(traces[(w, s)])["short_name"].value_counts() for s in (PREV, STAGE)},
@@ -163,12 +153,12 @@ pd.concat({w: c[c[PREV] != c[STAGE]] for w, c in counts.items()}, names=["worklo
 #
 # ## Where graphs do pay: Matrix-Game-2
 # The same two measurements on the committed Matrix-Game-2 baseline trace (three blocks of 4 evals at 2,640
-# tokens, notebook 10):
+# tokens, `mg2/00_baseline`):
 
 # %%
 mg2 = analysis.load_trace("mg2-universal", "00_baseline")
-pd.concat({"GPU time (whole trace)": analysis.temporal_breakdown(mg2).rename_axis("")["percent"],
-           "launches": analysis.launch_stats(mg2)["value"]}, axis=0).map(readable).to_frame("mg2-universal 00_baseline")
+display(analysis.temporal_breakdown(mg2).rename_axis("GPU time (whole trace)"))
+analysis.launch_stats(mg2).T.rename(index={"value": "mg2-universal 00_baseline"})
 
 # %% [markdown]
 # ## Verdict
@@ -186,13 +176,11 @@ mg2_idle = analysis.temporal_breakdown(mg2).loc["idle", "percent"]
 print(f"mg2-universal baseline: GPU idle {mg2_idle:.1f} % of the trace")
 
 # %% [markdown]
-# **It did not pay, as predicted.** At T2V scale the GPU is idle for about 1 % of a step or less (1.23 % at 1.3B,
-# 0.41 % at A14B-480p, 0.16 % at 720p), the host runs 0.26 to 7.5 s ahead of the GPU, and the graph removes every
-# launch of the forward without changing a single kernel. What it could save is bounded by that idle time, 11 to
-# 33 ms per step; the measured step came out slightly slower at all three sizes (918.1 → 924.7 ms, 5177.9 → 5205.0
-# and, at 720p, 20057.7 → 20095.1 ms: 0.2–0.7 %), within the variation of the kernels themselves (the category
-# diff moves by amounts of the same order, 3 to 48 ms, the same kernels on the same data). Add the capture cost of
-# about two steps per shape and the static-shape constraint (peak memory did come out lower at every size, which
-# these traces cannot explain); the stage is not worth keeping for these T2V workloads, 720p included.
-# Matrix-Game-2 is the opposite regime, a GPU idle most of its time with microsecond kernels: that is where CUDA
-# graphs belong.
+# **It did not pay, as predicted.** At T2V scale the GPU is idle for about 1 % of a step or less, the host runs
+# far ahead of the GPU, and the graph removes every launch of the forward without changing a single kernel. What
+# it could save is bounded by that idle time, a few tens of ms per step at most (the lines above); the measured
+# step moved by an amount of the same order or less, either way, within the variation of the kernels themselves
+# (the category diff moves by similar amounts, the same kernels on the same data). Add the capture cost of a couple
+# of steps per shape and the static-shape constraint (peak memory came out lower, which these traces cannot
+# explain); the stage is not worth keeping for these T2V workloads, 720p included. Matrix-Game-2 is the opposite
+# regime, a GPU idle most of its time with microsecond kernels: that is where CUDA graphs belong.

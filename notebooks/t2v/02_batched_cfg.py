@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # 03 · Batched CFG: cond and uncond in one forward
+# # t2v/02_batched_cfg · Batched CFG: cond and uncond in one forward
 #
 # **What.** Classifier-free guidance needs two DiT evaluations per step: one with the prompt, one with the negative
 # prompt. The reference runs them one after the other. Stage `02_batched_cfg` (`wanopt.stages.cfg.batch_cfg`)
@@ -24,7 +24,7 @@
 # between small kernels (launch-bound). At 32,760 tokens a DiT eval is compute-bound: every GEMM has
 # M = 32,760 and already runs near the GEMM ceiling, one self-attention call takes tens of milliseconds, and the host
 # is far ahead of the GPU. **We predict about 1.0×** at real size, and the guide's kind of gain only on a model so
-# small that the GPU mostly waits (the tiny model, timed on the same H100). It also costs memory: the activations
+# small that the GPU mostly waits (the tiny model, timed on an H100 GPU). It also costs memory: the activations
 # of two samples are alive at once.
 
 # %%
@@ -56,13 +56,13 @@ report.tiny_stage_errors(STAGE, "t2v-1.3b-480p")
 report.tiny_stage_errors(STAGE, A14B)
 
 # %% [markdown]
-# ## The H100 numbers
+# ## The GPU numbers
 # Each row compares the stage with the stage captured just before it in the same run: `01_no_offload` in the
 # default order, `04_dtype_hygiene` in the A14B order (from the manifest's `previous_stage`). The tiny model was
-# timed on the same H100, to show the launch-bound regime. For the real-size runs the error column is the
-# relative L2 of one step's guided velocity against `00_baseline`'s (the *velocity* metric); the `tiny-t2v`
-# manifests come from an earlier tree and still hold the older *latents* metric (traces/README.md). 720p has no
-# row: its run times only the baseline and the final stages.
+# timed on a GPU too (`tiny-t2v`, an H100), to show the launch-bound regime. For the real-size runs the error
+# column is the relative L2 of one step's guided velocity against `00_baseline`'s (the *velocity* metric); the
+# `tiny-t2v` manifests come from an earlier tree and still hold the older *latents* metric (traces/README.md).
+# 720p has no row: its run times only the baseline and the final stages.
 
 # %%
 print(analysis.provenance(analysis.load_manifest(A14B, STAGE)))
@@ -70,10 +70,9 @@ report.stage_comparison(STAGE, workloads=WORKLOADS)
 
 # %% [markdown]
 # The velocity errors at real size, the metric the tolerances are written for, for batched CFG and the stage
-# captured just before it in each run. On the H100, unlike this CPU, the batch-2 GEMMs round differently: in the
-# default order batching follows the bit-exact no-offload stage and is the first to move the error, to 0.0059 on
-# the 1.3B model, within its 2e-2 tolerance. In the A14B order it changes the error dtype hygiene already has only
-# in the fifth decimal:
+# captured just before it in each run. On the GPU, unlike this CPU, the batch-2 GEMMs round differently: in the
+# default order batching follows the bit-exact no-offload stage and is the first to move the error (the 1.3B rows),
+# within its 2e-2 tolerance. In the A14B order it barely changes the error that dtype hygiene already has:
 
 # %%
 ve = report.velocity_errors()
@@ -113,10 +112,9 @@ print(f"after dtype hygiene: batch 1 {peak['04_dtype_hygiene']:.1f} GiB, batch 2
 fig = report.step_timelines(A14B, "04_dtype_hygiene", STAGE)
 
 # %% [markdown]
-# The step is as long, within 1 %. By category, and by kernel (HTA TraceDiff). Batching swaps the GEMM tile
-# shape, halves the number of attention calls while each one does twice the work, and shifts a little time between
-# categories. `Stream Sync` is not GPU work: it is the time the host spent waiting for the GPU, longer when the
-# host has less to do:
+# The step is as long, within 1 %. By category, and by GPU kernel (first profiled step of each trace). Batching
+# swaps the GEMM tile shape, halves the number of attention calls while each one does twice the work, and shifts a
+# little time between categories:
 
 # %%
 analysis.category_diff(A14B, "04_dtype_hygiene", STAGE)
@@ -165,6 +163,6 @@ print(f"{A14B} profiled step by category: largest shift {shift.drop('total').abs
 # The guide's 1.8× is the launch-bound regime. On the tiny model, where the GPU is idle almost all of the time,
 # batching pays: the step is about a third shorter. Real-size video DiTs are not in that regime. What batching
 # does cost is memory: the activations of both samples live at once. On A14B that rules it out before dtype
-# hygiene. It stays in the sequence as a neutral step: within about 1 % of the step before it either way (about the
-# spread between the identical-work steps of notebook 02), it fits once dtype hygiene is in, and the later stages
-# (compile, CUDA graphs) then handle one forward per step instead of two.
+# hygiene. It stays in the sequence as a neutral step: within about 1 % of the step before it either way (about
+# the spread between the identical-work steps of `t2v/01_no_offload`), it fits once dtype hygiene is in, and the
+# later stages (compile, CUDA graphs) then handle one forward per step instead of two.

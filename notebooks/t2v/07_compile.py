@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # 08 · torch.compile: regional (per block) against the whole model
+# # t2v/07_compile · torch.compile: regional (per block) against the whole model
 #
 # **What changes** (`wanopt.stages.compile`, stage `07_compile`): Inductor traces each transformer block
 # (`block.compile()`, regional) or the whole forward (`torch.compile(model)`) and generates fused Triton kernels for the
@@ -35,11 +35,7 @@ from wanopt.profiling.notebook import setup
 
 setup()  # quiet libraries before they load: nbval compares stderr
 
-import gzip
-import json
-
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from wanopt.profiling import analysis, report
@@ -47,7 +43,6 @@ from wanopt.profiling import analysis, report
 STAGE, PREV = "07_compile", "06_fusion"
 WORKLOADS = list(report.T2V_WORKLOADS)  # 1.3B and A14B at 480p, A14B at 720p
 STAGE6 = ["_norm_modulate_kernel", "_rmsnorm_rope_kernel"]
-pd.set_option("display.max_colwidth", 64)  # Inductor's kernel names differ only in their suffix
 
 # %% [markdown]
 # ## Correctness on the tiny model (live, CPU)
@@ -59,7 +54,7 @@ pd.set_option("display.max_colwidth", 64)  # Inductor's kernel names differ only
 report.tiny_stage_errors(STAGE, "t2v-1.3b-480p")
 
 # %% [markdown]
-# ## The committed H100 numbers
+# ## The committed GPU numbers
 
 # %%
 cmp = report.stage_comparison(STAGE)
@@ -67,13 +62,20 @@ print(analysis.provenance(analysis.load_manifest("t2v-a14b-480p", STAGE)))
 cmp
 
 # %% [markdown]
-# The `error` column is the velocity metric at real size (traces/README.md), within 1e-4 of stage 6's (notebook
-# 07: 0.0285, 0.0316, 0.0315; at 1.3B the manifests hold 0.02852 before and 0.02846 after, which round to 0.029
-# and 0.028 at three digits): compile changes the rounding of the elementwise work, not the error level.
-#
+# The `error` column is the velocity metric at real size (traces/README.md); it stays within about 1e-4 of stage
+# 6's (`t2v/06_fusion`; the manifests before and after can round to different last digits): compile changes the
+# rounding of the elementwise work, not the error level.
+
+# %%
+vel = report.velocity_errors()
+vel.query(f"stage in ['{PREV}', '{STAGE}']")["velocity rel L2"].unstack("stage").assign(
+    **{"Δ": lambda d: d[STAGE] - d[PREV]}).round(5)
+
+# %% [markdown]
 # ### Regional against whole-model compile, and what compiling costs
-# The 1.3B run also timed the whole-model compile of the same pipeline (`capture.json` → `compile_whole_model`).
-# `compile s` is the first call's extra time over a timed step.
+# A run asked to compare (`--compare-whole-compile`) also timed the whole-model compile of the same pipeline, from
+# the state before this stage (`analysis.whole_model_compile` reads it from either capture format). `compile s` is
+# the first call's extra time over a timed step.
 
 # %%
 rows = []
@@ -82,18 +84,27 @@ for w in WORKLOADS:
     caches = run["env"].get("inductor_caches", "not recorded")
     rows.append({"workload": w, "compile": "regional", "step ms": m["timing"]["median"], "compile s": m["compile_s"],
                  "first call ms": m["warmup_ms"], "Inductor caches": caches})
-    if "compile_whole_model" in run:
-        whole = run["compile_whole_model"]
+    whole = analysis.whole_model_compile(run)
+    if whole is not None:
         rows.append({"workload": w, "compile": "whole model", "step ms": whole["timing"]["median"],
                      "compile s": whole["compile_s"], "first call ms": whole["warmup_ms"], "Inductor caches": caches})
-pd.DataFrame(rows).set_index(["workload", "compile"]).round(1)
+compiles = pd.DataFrame(rows).set_index(["workload", "compile"]).round(1)
+compiles
+
+# %%
+for w in compiles.index.get_level_values("workload").unique():
+    c = compiles.loc[w]
+    if "whole model" in c.index:
+        r, wh = c.loc["regional"], c.loc["whole model"]
+        gain = 100 * (r["step ms"] / wh["step ms"] - 1)
+        print(f"{w}: whole model {wh['step ms']:.1f} ms against regional {r['step ms']:.1f} ms per step (the whole "
+              f"model {abs(gain):.1f} % {'faster' if gain > 0 else 'slower'}), compiled in {wh['compile s']:.1f} s "
+              f"against {r['compile s']:.1f} s ({wh['compile s'] / r['compile s']:.0f}×)")
 
 # %% [markdown]
-# Whole-model and regional compile give about the same step time (timed both ways at 1.3B only: 910.3 against
-# 918.1 ms, 0.9 % apart in the whole model's favour, within the drift between stages): little that Inductor could
-# fuse across block boundaries is worth much next to GEMMs and attention. Both compiles are cold: the whole model
-# took 47.6 s, the regional one 1.8–3.7 s at every size, one block compiled once and reused by all 30 or 40 blocks
-# (and both experts).
+# Whole-model and regional compile give about the same step time: little that Inductor could fuse across block
+# boundaries is worth much next to GEMMs and attention. The whole model costs many times the compile time, since
+# the regional compile builds one block once and reuses it for all 30 or 40 blocks (and both experts).
 #
 # ## Did it pay? Block 5 before and after (A14B expert, 480p)
 
@@ -107,7 +118,7 @@ plt.show()
 # stage-6 RMSNorm + RoPE kernels (custom ops, see below); the red slivers are Inductor's fused residual kernels
 # (see below on their colour).
 #
-# ## HTA TraceDiff
+# ## What changed in the trace
 # GPU time per category, one profiled step each. Inductor names its kernels after the ops they fuse; those whose
 # names contain `_to_copy` are counted under `cast/copy` by the name-based categories, so the shift from
 # `norm/elementwise` to `cast/copy` below is a relabelling, not new copies.
@@ -115,30 +126,12 @@ plt.show()
 # %%
 pd.concat({w: analysis.category_diff(w, PREV, STAGE) for w in WORKLOADS}, axis=1)
 
-# %%
-analysis.trace_diff(W, PREV, STAGE).drop(index="Stream Sync", errors="ignore")
-
 # %% [markdown]
-# **Read this TraceDiff with care.** Inductor launches each Triton kernel from a CPU-side event named after it
-# (`cat: cpu_op`), and that event carries a `stream` argument, so HTA counts it as a GPU event: every
-# `triton_poi_…` row has twice its real calls. (`Stream Sync`, the host waiting on the stream, is dropped for the
-# same reason.) The stage-6 rows are not doubled: their CPU-side event is the custom op (`wanopt::rmsnorm_rope`,
-# `wanopt::norm_modulate`), not named after the kernel. The GPU side alone, from `analysis.kernels()`, which keeps
-# only kernel, memcpy and memset events:
+# The GPU kernels whose time changed most (`analysis.trace_diff`: GPU events only, each counted once; Inductor's
+# host-side launch ops, named after their kernels, are not GPU work and are not counted):
 
 # %%
-def by_kernel(w, stage):
-    k = analysis.kernels(analysis.load_trace(w, stage))
-    return k.groupby("short_name")["dur"].agg(calls="size", ms=lambda d: d.sum() / 1e3)
-
-
-def gpu_diff(w, before, after, top=12):
-    d = pd.concat({before: by_kernel(w, before), after: by_kernel(w, after)}, axis=1).fillna(0)
-    d[("Δ ms", "")] = d[(after, "ms")] - d[(before, "ms")]
-    return d.reindex(d[("Δ ms", "")].abs().sort_values(ascending=False).index).head(top).round(2)
-
-
-gpu_diff(W, PREV, STAGE)
+analysis.trace_diff(W, PREV, STAGE)
 
 # %% [markdown]
 # The same step grouped by who wrote the kernel: the stage-6 Triton kernels, Inductor's generated Triton kernels,
@@ -146,14 +139,11 @@ gpu_diff(W, PREV, STAGE)
 # outside the compiled blocks).
 
 # %%
-def by_source(w, stage):
-    k = analysis.kernels(analysis.load_trace(w, stage))
-    source = np.select([k["short_name"].isin(STAGE6), k["short_name"].str.startswith("triton_")],
-                       ["stage-6 Triton", "Inductor Triton"], default=k["category"])
-    return k.groupby(source)["dur"].agg(calls="size", ms=lambda d: d.sum() / 1e3)
+def sources_of(w, stage):
+    return analysis.source_breakdown(analysis.kernels(analysis.load_trace(w, stage)), {"stage-6 Triton": STAGE6})
 
 
-sources = {w: pd.concat({s: by_source(w, s) for s in (PREV, STAGE)}, axis=1).fillna(0) for w in WORKLOADS}
+sources = {w: pd.concat({s: sources_of(w, s) for s in (PREV, STAGE)}, axis=1).fillna(0) for w in WORKLOADS}
 for d in sources.values():
     d[("Δ ms", "")] = d[(STAGE, "ms")] - d[(PREV, "ms")]
 pd.concat(sources, names=["workload", "kernels"]).round(1)
@@ -167,17 +157,7 @@ pd.concat(sources, names=["workload", "kernels"]).round(1)
 #    records their launch configuration:
 
 # %%
-def launch_config(w, stage):
-    with gzip.open(analysis.TRACES / w / stage / analysis.TRACE_NAME) as f:
-        events = json.load(f)["traceEvents"]
-    rows = [{"kernel": e["name"], "stage": stage, "threads / block": e["args"]["block"][0],
-             "registers / thread": e["args"]["registers per thread"], "shared memory B": e["args"]["shared memory"],
-             "est. occupancy %": e["args"]["est. achieved occupancy %"], "µs": e["dur"]}
-            for e in events if e.get("cat") == "kernel" and e["name"] in STAGE6]
-    return pd.DataFrame(rows)
-
-
-configs = pd.concat([launch_config(W, s) for s in (PREV, STAGE)])
+configs = pd.concat([analysis.kernel_launch_config(W, s, STAGE6).assign(stage=s) for s in (PREV, STAGE)])
 configs.groupby(["kernel", "stage", "registers / thread", "shared memory B", "threads / block",
                  "est. occupancy %"])["µs"].agg(
     calls="size", ms=lambda d: d.sum() / 1e3).round(2)
@@ -195,8 +175,9 @@ configs.groupby(["kernel", "stage", "registers / thread", "shared memory B", "th
 # `_norm_modulate_kernel`, 87 → 182 and 80 → 124 for the two `_rmsnorm_rope_kernel` variants), at lower
 # occupancy and 1.5–2× the time, which made that run's `07_compile` step slower than its `06_fusion` step. An
 # earlier version of this notebook blamed Inductor typing the float `eps` argument as fp64; that was a hypothesis,
-# and not the cause. `python -m wanopt.profiling.kernel_bench` times each kernel alone at the A14B-480p
-# batched-CFG shape, eager and under `torch.compile`, launched both ways (H100, same session as the runs):
+# and not the cause. `python -m wanopt.profiling.microbench` times each kernel alone at the A14B-480p
+# batched-CFG shape, eager and under `torch.compile`; the committed log (`traces/logs/bench_ops.txt`, an H100
+# session before these runs) has them launched both ways:
 
 # %%
 bench = []
@@ -213,7 +194,7 @@ pd.DataFrame(bench).set_index(["kernel", "launch"]).round(2)
 # %% [markdown]
 # Each time is the median of 20 calls between two CUDA events, so it includes the host's launch path: under
 # compile, the compiled function's guards and wrapper run inside the event window before the kernel starts (the
-# `kernel_bench` docstring). That is the likely reason the custom op reads slower compiled than eager here, while
+# `microbench` docstring). That is the likely reason the custom op reads slower compiled than eager here, while
 # its kernel time in the step traces above does not move. Traced by Dynamo, both kernels were slower still, and
 # there the kernels themselves were slower (the earlier run's step traces, above).
 #
@@ -234,9 +215,8 @@ generated.groupby("short_name")["dur"].agg(calls="size", median_us="median", ms=
 # - `triton_poi_fused_gelu_view_6`: **GELU is still its own pass** over the L × 13,824 FFN activation, about as
 #   long as the eager GELU kernel it replaces. Inductor does not fuse a pointwise op into a cuBLAS GEMM's epilogue
 #   in its default mode; only its own Triton GEMM templates (max-autotune) could. Stage 6 now does it itself where
-#   the capture measured it faster (notebook 07): at 1.3B-480p GELU runs in the up-projection's cuBLASLt epilogue,
-#   and its compiled step has 7 Inductor kernels per block (210 in 30 blocks, the table above) against 8 here. This
-#   A14B-480p run predates that choice; at 720p the epilogue measured slower, and GELU stays this Inductor pass.
+#   it measured it faster (`t2v/06_fusion`): a run whose stage 6 picked the epilogue has no Inductor GELU kernel,
+#   one Inductor kernel fewer per block (the source table above). This A14B-480p run predates that choice.
 #
 # ## Verdict
 
@@ -258,16 +238,15 @@ for w in WORKLOADS:
 # %% [markdown]
 # **It barely pays, as predicted.** With the stage-6 kernels as custom ops, compile no longer slows them (same
 # registers, same time), and what is left is the predicted small gain: Inductor's fusion of the remaining
-# elementwise work saves about 1 % of the step or less (1.2 % at 1.3B, 0.9 % at A14B-480p, 0.6 % at 720p). At
-# 1.3B the measured step gains about that much, 1.3 % (931 → 918 ms). At A14B-480p it gains less, 0.6 %, within
-# the drift of the kernels Inductor does not touch: the GEMM and attention kernels of the compiled step took 29 ms
-# longer, more than half of the 47 ms the fusion saved, the same kernels on the same shapes (between stages of one
-# run their time moves by up to about 2 %, up or down, see notebooks 07 and 09; the traces do not say why). At
-# 720p it gains more, 2.4 % (20545 → 20058 ms), of which the profiled steps' kernel time accounts for 186 ms (the
-# fusion's 116 plus 70 ms less GEMM and attention, mostly attention); the rest is in the `06_fusion` timing itself,
-# whose median sits 309 ms above its profiled step's kernel time and whose three timed steps span 20353–20666 ms
-# (manifest `timing`), against 20057–20078 ms for `07_compile`. After stages 5 and 6 the step is GEMMs and
-# attention, and whole-model compile buys 0.9 % over regional (1.3B) for about 25 times the compile time. Peak
-# memory is lower under compile at every size, a side benefit whose cause these traces cannot show (they record no
-# allocations). At a cold regional compile of a few seconds per process the stage costs little and may be kept,
-# but it is not where the time is.
+# elementwise work saves a percent or so of the step (the lines above). The measured step moves by about that
+# much, give or take the drift of the kernels Inductor does not touch: at A14B-480p the GEMM and attention kernels
+# of the compiled step took 29 ms longer, more than half of the 47 ms the fusion saved, the same kernels on the same
+# shapes (between stages of one run their time moves by up to about 2 %, up or down, see `t2v/06_fusion` and
+# `t2v/08_cuda_graphs`; the traces do not say why). At 720p it gains more, 2.4 % (20545 → 20058 ms), of which the
+# profiled steps' kernel time accounts for 186 ms (the fusion's 116 plus 70 ms less GEMM and attention, mostly
+# attention); the rest is in the `06_fusion` timing itself, whose median sits 309 ms above its profiled step's
+# kernel time and whose three timed steps span 20353–20666 ms (manifest `timing`), against 20057–20078 ms for
+# `07_compile`. After stages 5 and 6 the step is GEMMs and attention, and whole-model compile buys little over
+# regional for many times the compile time (the compile table). Peak memory is lower under compile in these runs,
+# a side benefit whose cause these traces cannot show (they record no allocations). At a cold regional compile of
+# a few seconds per process the stage costs little and may be kept, but it is not where the time is.

@@ -12,19 +12,24 @@
 # ---
 
 # %% [markdown]
-# # 01 · The official Wan T2V baseline: where one denoising step goes
+# # t2v/00_baseline · The official Wan T2V baseline: where one denoising step goes
 #
-# The baseline is the official single-GPU recipe of `wan/text2video.py` (spec §3): offload on (one expert resident,
+# The baseline is the official single-GPU recipe of `wan/text2video.py`: offload on (one expert resident,
 # synchronous `.to()` moves at step 0 and at the expert switch, T5 to the GPU and back), bf16 weights
 # (`--convert_model_dtype`), two sequential CFG forwards per step, and the reference numerics of
 # `wan/modules/model.py`: fp32 islands, an fp32 residual stream, per-token timestep embedding in Wan 2.2, float64
-# complex RoPE, `flash_attention()`'s packing copies. One difference from the README's table: upstream runs
-# FlashAttention-3 when it is installed and FlashAttention-2 otherwise; FA3 cannot be installed on the capture
-# machine, so the baseline attention is FA2 (PyTorch's SDPA flash kernel), what a user without FA3 gets.
+# complex RoPE, `flash_attention()`'s packing copies. One difference from the official README's table: upstream
+# runs FlashAttention-3 when it is installed and FlashAttention-2 otherwise; FA3 ships no wheel for the capture
+# machines, so the baseline attention is FA2 (PyTorch's SDPA flash kernel), what a user without FA3 gets.
 #
-# Everything below is read from traces and manifests captured on one H100 by `python -m wanopt capture` and
-# committed under `traces/`. Three workloads: Wan2.1-T2V-1.3B at 832×480, Wan2.2-T2V-A14B at 832×480 and at
-# 1280×720, 81 frames each.
+# **Prediction.** At 32,760 tokens and more, a step is compute-bound: attention and the GEMMs should take most of
+# the GPU time, with the reference's fp32 and fp64 detours (small elementwise kernels and casts) next, and almost no
+# idle time on the GPU.
+#
+# Everything below is read from traces and manifests captured by `python -m wanopt capture` and committed under
+# `traces/`, one capture run per workload (each run's GPU, software and commit are printed with its provenance;
+# compare numbers within one run). Three workloads: Wan2.1-T2V-1.3B at 832×480, Wan2.2-T2V-A14B at 832×480 and
+# at 1280×720, 81 frames each.
 
 # %%
 from wanopt.profiling.notebook import setup
@@ -34,21 +39,22 @@ setup()  # quiet libraries before they load: nbval compares stderr
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from wanopt.profiling import analysis, plots
+from wanopt.profiling import analysis, plots, report
+from wanopt.targets import REFERENCE
 
-WORKLOADS = ["t2v-1.3b-480p", "t2v-a14b-480p", "t2v-a14b-720p"]
+WORKLOADS = list(report.T2V_WORKLOADS)
 base = {w: analysis.load_manifest(w, "00_baseline") for w in WORKLOADS}
 runs = {w: analysis.load_run(w) for w in WORKLOADS}
 traces = {w: analysis.load_trace(w, "00_baseline") for w in WORKLOADS}
 kern = {w: analysis.kernels(traces[w]) for w in WORKLOADS}
 for w in WORKLOADS:
-    print(f"{w}: {analysis.provenance(base[w])}")
+    print(analysis.provenance(base[w]), end="\n\n")
 
 # %% [markdown]
 # ## One step: time, MFU and the kernel floor
-# MFU is the step's FLOPs (counted analytically, 2 per multiply-add, spec §5.3) over step time × the bf16 GEMM
-# ceiling; the kernel floor is attention FLOPs at the fastest attention kernel plus all other FLOPs at the GEMM
-# ceiling — both ceilings measured on the same GPU in the same run, right before the workload.
+# MFU is the step's FLOPs (counted analytically, 2 per multiply-add, `wanopt.profiling.flops`) over step time ×
+# the bf16 GEMM ceiling; the kernel floor is attention FLOPs at the fastest attention kernel plus all other FLOPs at
+# the GEMM ceiling — both ceilings measured on the same GPU in the same run, right before the workload.
 
 # %%
 BACKENDS = list(dict.fromkeys(b for w in WORKLOADS for b in base[w]["ceilings"]["attention_all"]))
@@ -64,15 +70,19 @@ for w in WORKLOADS:
                  **{f"{b} TFLOP/s": c["attention_all"].get(b) for b in BACKENDS},
                  "FA2 / fastest %": 100 * c["attention_all"]["flash"] / c["attention_tflops"],
                  "fastest": c["attention_backend"]})
-pd.DataFrame(rows).set_index("workload").round(2).round({"attention % of FLOPs": 0, "FA2 / fastest %": 0})
+one_step = pd.DataFrame(rows).set_index("workload").round(2).round({"attention % of FLOPs": 0, "FA2 / fastest %": 0})
+one_step
 
 # %% [markdown]
-# The baseline runs at 2.12–2.30× the kernel floor. The two ceilings say why before any trace is opened:
-# attention is 53 % (A14B 480p) to 71–72 % (1.3B, A14B 720p) of the FLOPs, and the FA2 kernel the baseline uses
-# reaches 51–54 % of the rate of the fastest kernel measured at the same shape. At all three shapes that is
-# FlashAttention-4 (`fa4`, 668–685 TFLOP/s, installed for these runs), so every floor assumes its rate. 720p's
-# ratio is the lowest (2.12×) even though its FA2 is furthest behind: its small ops and casts take the smallest
-# share of a block (17.5 %, against 27.5–28.9 % at 480p; table below).
+# The two ceilings say why the baseline sits well above its floor before any trace is opened: attention is
+# between half and three quarters of the FLOPs, and the FA2 kernel the baseline uses reaches only part of the
+# rate of the fastest kernel measured at the same shape (the `fastest` column; every floor assumes that kernel's
+# rate). In numbers, from the table:
+
+# %%
+for w, r in one_step.iterrows():
+    print(f"{w}: {r['× floor']:.2f}× the kernel floor; attention {r['attention % of FLOPs']:.0f} % of the FLOPs; "
+          f"FA2 at {r['FA2 / fastest %']:.0f} % of {r['fastest']}'s rate at this shape")
 
 # %% [markdown]
 # ## The kernel timeline of one step and of one block
@@ -81,12 +91,13 @@ pd.DataFrame(rows).set_index("workload").round(2).round({"attention % of FLOPs":
 # %%
 w = "t2v-a14b-480p"
 ax = plots.kernel_timeline(kern[w], analysis.window(traces[w], "denoise_step", 0),
-                           f"{w} 00_baseline: one denoising step (normal step, high-noise expert)")
+                           f"{w} 00_baseline on an {report.device_of(w)}: one denoising step (normal step, "
+                           "high-noise expert)")
 plt.show()
 
 # %%
 ax = plots.kernel_timeline(kern[w], analysis.window(traces[w], "block05", 0),
-                           f"{w} 00_baseline: block05 of the cond pass")
+                           f"{w} 00_baseline on an {report.device_of(w)}: block05 of the cond pass")
 plt.show()
 
 # %% [markdown]
@@ -104,19 +115,17 @@ table = pd.concat({w: analysis.category_breakdown(steps[w]) for w in WORKLOADS},
 table
 
 # %%
-fig = plots.category_bars({w: analysis.category_breakdown(steps[w]) for w in WORKLOADS},
+fig = plots.category_bars({f"{w} ({report.device_of(w)})": analysis.category_breakdown(steps[w])
+                           for w in WORKLOADS},
                           "00_baseline: GPU kernel time of one normal denoising step, by category")
 plt.show()
 
 # %% [markdown]
-# ## Small ops and casts, against the spec's block measurement (§5.4)
-# The spec re-created one A14B block in the reference style and measured ≈ 37 % (480p) and ≈ 24 % (720p) of it
-# outside GEMM and attention. Here the same share is read from the real traces, for block 5 of the cond pass.
-# The spec's block used cuDNN attention; the baseline here runs FA2, whose longer attention shrinks the share of
-# everything else, so the milliseconds are the fairer comparison (spec: ≈ 38 ms at 480p, ≈ 85 ms at 720p).
+# ## Small ops and casts inside one block
+# The share of block 5 of the cond pass that runs outside GEMM and attention: the reference's elementwise work,
+# norms and casts, what stage `04_dtype_hygiene` and stage `06_fusion` go after.
 
 # %%
-SPEC = {"t2v-a14b-480p": (37.0, 38.0), "t2v-a14b-720p": (24.0, 85.0)}
 rows = []
 for w in WORKLOADS:
     blk = analysis.category_breakdown(analysis.in_window(kern[w], analysis.window(traces[w], "block05", 0)))
@@ -124,9 +133,12 @@ for w in WORKLOADS:
     total = blk["ms"].sum()
     rows.append({"workload": w, "block ms": total, "GEMM ms": blk.loc["GEMM", "ms"],
                  "attention ms": blk.loc["attention", "ms"], "small ops + casts ms": other,
-                 "share %": 100 * other / total, "spec share %": SPEC.get(w, (None, None))[0],
-                 "spec ms": SPEC.get(w, (None, None))[1]})
+                 "share %": 100 * other / total})
 pd.DataFrame(rows).set_index("workload").round(1)
+
+# %% [markdown]
+# The share is smallest at 720p, whose attention grows with the square of the tokens while the small ops grow
+# linearly.
 
 # %% [markdown]
 # The kernels behind that share, for the A14B expert at 480p (one whole normal step):
@@ -153,8 +165,7 @@ label_rows = [analysis.gpu_time_by_label(traces[w], LABELS, iteration=1)["gpu_ms
 # A14B baselines that is a normal step and the switch step); the split of one normal step comes after.
 
 # %%
-launches = pd.concat({w: analysis.launch_stats(traces[w])["value"] for w in WORKLOADS}, axis=1)
-launches.map(lambda v: f"{v:,.2f}".rstrip("0").rstrip("."))
+pd.concat({w: analysis.launch_stats(traces[w])["value"] for w in WORKLOADS}, axis=1).T
 
 # %%
 pd.concat({w: analysis.idle_breakdown(traces[w]) for w in WORKLOADS}, axis=1)
@@ -201,17 +212,18 @@ for w in ("t2v-a14b-480p", "t2v-a14b-720p"):
 pd.concat(copies).round(2)
 
 # %% [markdown]
-# The device-to-host half of the switch (the outgoing expert into pageable memory) runs at about 1.3 GB/s on this
-# machine and dominates the switch (22–23 s of it); the upload runs at 7–8 GB/s.
+# The device-to-host half of the switch (the outgoing expert into pageable memory) runs at about 1.3 GB/s on the
+# A14B runs' machine and dominates the switch (22–23 s of it); the upload runs at 7–8 GB/s.
 
 # %% [markdown]
 # ## A whole A14B video, projected, beside the official table
 # From numbers of the same run: T5 (with its offload round trip) + 40 steps × the normal step + the first upload +
-# the switch's extra time + the VAE decode (measured once in the run, float32, 81 frames). The official README
-# table (H100, `--offload_model True --convert_model_dtype`, FA3) gives 326.9 s at 480p and 1041.5 s at 720p.
+# the switch's extra time + the VAE decode (measured once in the run, float32, 81 frames). The last column is the
+# official Wan2.2 README table (one GPU, `--offload_model True --convert_model_dtype`, FA3; `wanopt.targets.
+# REFERENCE`).
 
 # %%
-OFFICIAL = {"t2v-a14b-480p": 326.9, "t2v-a14b-720p": 1041.5}
+OFFICIAL = REFERENCE["wan22_official_offload_s"]
 rows = []
 for w in ("t2v-a14b-480p", "t2v-a14b-720p"):
     p = base[w]["projection"]
@@ -226,7 +238,7 @@ proj.round(1)
 # The projection is above the official table. Two measured causes account for most of it: the attention kernel
 # (FA2 here; upstream's table used FA3) and the slow pageable copies of this machine's switch. The attention part
 # can be bounded from the same run: the baseline's attention kernel time per step, and what it would be at the
-# fastest kernel measured at the workload's shape (FA4 at both, 1.86–1.95× FA2's rate).
+# fastest kernel measured at the workload's shape (FA4 at both A14B workloads).
 
 # %%
 rows = []
@@ -236,7 +248,7 @@ for w in ("t2v-a14b-480p", "t2v-a14b-720p"):
     attn_s = analysis.category_breakdown(steps[w]).loc["attention", "ms"] / 1e3
     at_best = attn_s * c["attention_all"]["flash"] / c["attention_tflops"]
     rows.append({"workload": w, "attention s / step (FA2)": attn_s,
-                 f"at the fastest kernel s / step": at_best, "saved over 40 steps s": 40 * (attn_s - at_best),
+                 "at the fastest kernel s / step": at_best, "saved over 40 steps s": 40 * (attn_s - at_best),
                  "projected video s": proj.loc[w, "projected video s"],
                  "minus attention gap s": proj.loc[w, "projected video s"] - 40 * (attn_s - at_best),
                  "official table s": OFFICIAL[w]})
@@ -245,12 +257,12 @@ pd.DataFrame(rows).set_index("workload").round(1)
 # %% [markdown]
 # ## What the baseline spends its time on
 # Read from the tables above:
-# - **attention** is the bulk of every step, run by a kernel at 51–54 % of the fastest rate measured at its shape
-#   (FA4 at every shape; stage 5);
+# - **attention** is the bulk of every step, run by a kernel at about half the fastest rate measured at its shape
+#   (`t2v/05_attention`);
 # - the **reference's small ops and casts** (complex128 RoPE, fp32 modulation and residual, autocast casts,
-#   packing copies) are the next block of time, close to the spec's §5.4 re-creation (stage 4);
-# - Wan 2.2's **per-token time MLP** is a visible fp32 GEMM every forward (stages 3 and 4);
+#   packing copies) are the next block of time (`t2v/04_dtype_hygiene`, `t2v/06_fusion`);
+# - Wan 2.2's **per-token time MLP** is a visible fp32 GEMM every forward (`t2v/03_tf32`, `t2v/04_dtype_hygiene`);
 # - **offload** costs nothing per normal step but seconds per video in uploads, in the switch and in T5's round
-#   trip (stage 1);
+#   trip (`t2v/01_no_offload`);
 # - the GPU is almost never idle inside a step: this is compute-bound work, so launch-overhead tricks (batching the
-#   two CFG passes, CUDA graphs) have little to remove (stages 2 and 8).
+#   two CFG passes, CUDA graphs) have little to remove (`t2v/02_batched_cfg`, `t2v/08_cuda_graphs`). As predicted.

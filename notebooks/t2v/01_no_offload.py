@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # 02 · No offload: both experts resident
+# # t2v/01_no_offload · No offload: both experts resident
 #
 # **What.** The official single-GPU recipe keeps one 14B expert on the GPU. At step 0 it uploads the high-noise
 # expert (28.6 GB in bf16), at the expert switch (step 26 of 40, t = 865) it moves that one back to the CPU and
@@ -51,12 +51,12 @@ STAGE, A14B = "01_no_offload", "t2v-a14b-480p"
 report.tiny_stage_errors(STAGE, "t2v-1.3b-480p")
 
 # %% [markdown]
-# ## The H100 numbers: one normal step, before and after
+# ## The GPU numbers: one normal step, before and after
 # `stage_comparison` reads both manifests of the same capture run: step time (median of CUDA events), speedup,
 # peak memory, error against the baseline: the relative L2 of one step's guided velocity against `00_baseline`'s,
-# at real size on the H100 (the *velocity* metric, traces/README.md). It reads exactly 0.0 on both workloads: the
-# outputs are bit-identical. 720p has no `01_no_offload` capture (its run times only the baseline and the final
-# stages), so it has no row.
+# at real size on the GPU (the *velocity* metric, traces/README.md). It must read exactly 0.0: the same kernels on
+# the same data give bit-identical outputs. 720p has no `01_no_offload` capture (its run times only the baseline
+# and the final stages), so it has no row.
 
 # %%
 print(analysis.provenance(analysis.load_manifest(A14B, STAGE)))
@@ -158,8 +158,8 @@ copies.round(1)
 
 # %% [markdown]
 # ## TraceDiff of a normal step
-# On the 1.3B model both traces hold one normal step. By category, and by kernel (HTA TraceDiff, the first
-# profiled step of each trace):
+# On the 1.3B model both traces hold one normal step. By category, and by GPU kernel (the first profiled step of
+# each trace):
 
 # %%
 analysis.category_diff("t2v-1.3b-480p", "00_baseline", STAGE)
@@ -174,29 +174,33 @@ analysis.trace_diff("t2v-1.3b-480p", "00_baseline", STAGE, top=6)
 cmp = report.stage_comparison(STAGE)
 for w, r in cmp.iterrows():
     print(f"{w}: normal step {r['before ms']:.0f} -> {r['after ms']:.0f} ms ({r['speedup ×']:.3f}×), "
-          f"peak memory {r['peak GiB before']:.1f} -> {r['peak GiB after']:.1f} GiB")
+          f"peak memory {r['peak GiB before']:.1f} -> {r['peak GiB after']:.1f} GiB of "
+          f"{analysis.load_run(w)['env']['device_memory_gib']} GiB on the device")
+gpu = analysis.category_diff("t2v-1.3b-480p", "00_baseline", STAGE).loc["total", "Δ ms"]
+print(f"t2v-1.3b-480p profiled normal step: GPU kernel time {gpu:+.1f} ms")
 sw = costs[A14B]
 print(f"A14B offload overhead per video: first upload {sw['first step: + upload ms'] / 1e3:.1f} s + switch "
       f"{sw['switch step: + swap ms'] / 1e3:.1f} s + T5 round trip "
       f"{(sw['T5 offloaded ms'] - sw['T5 resident ms']) / 1e3:.1f} s")
 for w in ("t2v-1.3b-480p", A14B):
-    print(f"{w}: projected video {proj.loc[(w, '00_baseline'), 'total s'] / proj.loc[(w, STAGE), 'total s']:.2f}× "
-          "faster without offload")
+    before, after = proj.loc[(w, "00_baseline")], proj.loc[(w, STAGE)]
+    print(f"{w}: projected video {before['total s'] / after['total s']:.2f}× faster without offload, "
+          f"{before['total s'] - after['total s']:.1f} s saved, of which T5's round trip "
+          f"{before['T5'] - after['T5']:.1f} s")
 rate = copies["GB/s over the span"]
 print(f"A14B switch copies: device-to-host {rate['Memcpy DtoH (Device -> Pageable)']:.1f} GB/s, host-to-device "
       f"{rate['Memcpy HtoD (Pageable -> Device)']:.1f} GB/s over their spans")
 
 # %% [markdown]
-# As predicted, a normal step is unchanged: the kernel tables match kernel for kernel (the 1.3B profiled steps'
-# GPU kernel time differs by 1.0 ms), and the timed medians differ by at most 1 % (1.3B 0.991×, A14B 1.001×).
-# The gain is per video. It is the first upload, the swap at the switch and the T5 round trip: 1.14× on the 1.3B
-# model (13.5 s, nearly all of it T5's round trip; an earlier 1.3B run in git history measured that round trip at
-# 11.4 s, so host copies vary by run) and 1.11× on A14B (45.2 s), about the guide's 1.1×. At the
-# switch the trace
-# shows where the time goes. The device-to-host copies into fresh pageable memory take most of it, at 1.2 GB/s:
-# pageable memory, staged by the driver through pinned buffers. The upload is faster, but pageable too.
+# As predicted, a normal step is unchanged: the kernel tables match kernel for kernel, and the timed medians differ
+# only by the spread between steps (the lines above). The gain is per video: the first upload, the swap at the
+# switch and the T5 round trip. On the 1.3B model, with one expert, it is nearly all T5's round trip, a host copy
+# whose time varies from run to run; on A14B it is about the Wan2.2 acceleration guide's 1.1×. At the switch the
+# trace shows where the time goes. The device-to-host copies into fresh pageable memory take most of it: pageable
+# memory, staged by the driver through pinned buffers. The upload is faster, but pageable too.
 #
-# The price is memory. With both A14B experts resident, the peak at 480p leaves ~10 GiB of the H100's 79 GiB (table
-# above). That leaves no room for a batch-2 forward on the reference numerics, so the A14B order moves batched CFG
-# after dtype hygiene (notebook 03). Keep the stage. The per-video gain costs no compute, only memory, and every
-# later stage is measured with both experts resident.
+# The price is memory. With both A14B experts resident, the peak at 480p leaves only about a tenth of the GPU's
+# memory free (the peak in the table above against the device's memory). That leaves no room for a batch-2
+# forward on the reference numerics, so the A14B order moves batched CFG after dtype hygiene
+# (`t2v/02_batched_cfg`). Keep the stage. The per-video gain costs no compute, only memory, and every later stage
+# is measured with both experts resident.

@@ -12,21 +12,23 @@
 # ---
 
 # %% [markdown]
-# # 05 · Dtype hygiene: the reference's dtype detours taken out
+# # t2v/04_dtype_hygiene · Dtype hygiene: the reference's dtype detours taken out
 #
-# **What.** The reference forward makes many dtype detours (spec §2.8). Wan 2.2 embeds the timestep once per token
-# and adds a per-token fp32 modulation table in every block. The residual stream turns fp32 at the first gated add.
-# RoPE runs in complex128 with copies on the way in and out. Every modulated activation goes to the linears in
-# fp32 and is cast to bf16 three times (q, k, v). k and v are packed with `cat`. Stage `04_dtype_hygiene`
+# **What.** The reference forward makes many dtype detours (`t2v/00_baseline` shows them in the trace). Wan 2.2
+# embeds the timestep once per token and adds a per-token fp32 modulation table in every block. The residual
+# stream turns fp32 at the first gated add. RoPE runs in complex128 with copies on the way in and out. Every
+# modulated activation goes to the linears in fp32 and is cast to bf16 three times (q, k, v). k and v are packed
+# with `cat`. Stage `04_dtype_hygiene`
 # (`wanopt.stages.dtype_hygiene.lean_numerics`) keeps the parameters and swaps in lean modules. The time is
 # embedded once per sample, the residual and modulation math stay bf16 (diffusers' choice), RoPE uses real bf16
 # cos/sin tables, and the extra casts and copies are gone. It is not exact: bf16 residual and bf16 RoPE round where
 # the reference keeps fp32 and fp64.
 #
 # **Prediction.** The stage removes the per-token time MLP (whatever TF32 left of it) and a large part of the
-# memory-bound passes that spec §5.4 measured in an A14B block at 480p: ≈ 38 of 101.6 ms (37 %) per block outside
-# GEMM and attention, most of it in the items listed below. Per item: what the reference spends, and what the lean
-# block should still spend.
+# memory-bound passes of a block. Before the captures, one A14B block at 480p was re-created in the reference style
+# and its passes timed one by one with CUDA events on an H100: about 38 of its 101.6 ms (37 %) ran outside GEMM
+# and attention, most of it in the items below. Per item: what the reference spends, and what the lean block
+# should still spend.
 # Items that disappear go to 0. Passes that stay but move from fp32 to bf16 move half the bytes, so they take half
 # the time. RoPE keeps the real-valued path, in bf16. The 1.3B model (dim 1536, 30 layers) has the same passes on
 # narrower rows: scaled by 1536/5120.
@@ -48,8 +50,8 @@ from wanopt.stages import apply_stages, stages_up_to
 
 STAGE, A14B, W13 = "04_dtype_hygiene", "t2v-a14b-480p", "t2v-1.3b-480p"
 
-# spec wan_t2v.md §5.4: ms per A14B block at 480p on an H100 (reference), and what the lean block keeps
-SPEC_54 = pd.DataFrame.from_dict({
+# ms per A14B block at 480p, each pass timed alone on an H100 (reference style), and what the lean block keeps
+ITEMS = pd.DataFrame.from_dict({
     "RoPE q, k: complex fp64 -> real bf16": (2 * 4.57, 2 * 4.13 / 2),
     "per-token modulation + e0, fp32 -> per sample": (4.72, 0.0),
     "LN + modulate ×2, fp32 -> bf16": (2 * 2.66, 2 * 2.66 / 2),
@@ -57,9 +59,9 @@ SPEC_54 = pd.DataFrame.from_dict({
     "gated residual ×2, fp32 -> bf16 addcmul": (2 * 1.70, 2 * 1.70 / 2),
     "fp32 -> bf16 activation casts ×5": (5 * 0.36, 0.0),
 }, orient="index", columns=["reference ms", "lean ms"])
-SPEC_54["saved ms"] = SPEC_54["reference ms"] - SPEC_54["lean ms"]
-SPEC_54.loc["per block"] = SPEC_54.sum()
-SPEC_54.round(2)
+ITEMS["saved ms"] = ITEMS["reference ms"] - ITEMS["lean ms"]
+ITEMS.loc["per block"] = ITEMS.sum()
+ITEMS.round(2)
 
 # %% [markdown]
 # Per step: blocks × 2 CFG evals × the saving per block (scaled by width), plus the time MLP that is left after
@@ -71,7 +73,7 @@ predicted = {}
 for w, config in ((W13, "wan2.1-t2v-1.3b"), (A14B, "wan2.2-t2v-a14b")):
     dit = get_config(config).dit
     before = analysis.load_manifest(w, report.previous_stage(w, STAGE))["timing"]["median"]
-    blocks = 2 * dit.num_layers * SPEC_54.loc["per block", "saved ms"] * dit.dim / a14b_dim
+    blocks = 2 * dit.num_layers * ITEMS.loc["per block", "saved ms"] * dit.dim / a14b_dim
     time_mlp = analysis.gpu_time_by_label(analysis.load_trace(w, "03_tf32"), "time_embed")["gpu_ms"].iloc[0]
     predicted[w] = {"blocks ms": blocks, "time MLP ms": time_mlp, "predicted saving ms": blocks + time_mlp,
                     "predicted speedup ×": before / (before - blocks - time_mlp)}
@@ -125,7 +127,7 @@ yardsticks = noise[f"{STAGE} vs reference"] / noise["reference vs fp32 (the yard
 print(f"{STAGE} vs reference, in yardsticks: {yardsticks:.0f}×")
 
 # %% [markdown]
-# ## The H100 numbers
+# ## The GPU numbers
 # Each row compares the stage with `03_tf32` of the same run, the previous stage in both orders. The error column
 # is the relative L2 of one step's guided velocity against `00_baseline`'s, from the same state, at real size
 # (traces/README.md).
@@ -167,8 +169,7 @@ cat = {w: analysis.category_diff(w, "03_tf32", STAGE) for w in (W13, A14B)}
 pd.concat(cat, axis=1)
 
 # %% [markdown]
-# By kernel (HTA TraceDiff), A14B. `Stream Sync` is not GPU work: it is the time the host spent waiting for the GPU.
-# The host waits longer because it now has less to do:
+# By GPU kernel, A14B (first profiled step of each trace):
 
 # %%
 analysis.trace_diff(A14B, "03_tf32", STAGE, top=10)
@@ -192,8 +193,7 @@ pd.DataFrame(calls).T.round(1)
 # every call is slower than nearly every call before (the first 64.1 ms, the others 63.4 to 67.2, median 65.6).
 # The likely cause is clock: with the low-power elementwise passes
 # between them gone, the attention kernels run back to back and the GPU holds a lower clock. The trace has no clock
-# counters, so this stays a hypothesis. Stage `05_attention` (notebook 06) replaces this kernel anyway (with
-# FlashAttention-4 in these runs).
+# counters, so this stays a hypothesis. Stage `05_attention` (`t2v/05_attention`) replaces this kernel anyway.
 
 # %% [markdown]
 # ## Verdict
@@ -214,19 +214,18 @@ for (w, s), r in velocity.iterrows():
     print(f"{w} {s}: velocity rel L2 {r['velocity rel L2']:.3f} (tolerance {r['tolerance']:g})")
 
 # %% [markdown]
-# On A14B the stage pays more than predicted: 1808 ms saved against 1702 (1.225× against 1.209×). On the 1.3B model
-# it pays less, 303 ms against 368. It is the largest gain of the stages so far. On A14B the elementwise passes and
-# casts shrink *more* than the §5.4 item list predicted, 2100 ms against 1637: copies and reductions that the list
-# leaves out (device-to-device copies, the fp32 reductions) go too, and the time MLP that TF32 left goes away
-# (GEMM −66 ms). On the 1.3B model they shrink by about the scaled prediction, 341 ms against 368. On both,
-# attention gives part of the gain back (+327 ms on A14B, +44 ms on the 1.3B model); on the 1.3B model that is
-# most of the shortfall against the prediction. Peak memory drops as well (69.3 → 57.2 GiB on A14B), because the
-# per-token fp32 tables and the fp32 residual are gone.
+# It is the largest gain of the stages so far (the lines above set each workload's saving against the
+# prediction). On A14B the stage pays more than predicted: the elementwise passes and casts shrink *more* than the
+# item list predicted, because copies and reductions that the list leaves out (device-to-device copies, the fp32
+# reductions) go too, and the time MLP that TF32 left goes away (the GEMM line). The 1.3B model's passes were
+# predicted by scaling the A14B block to its width, a rougher estimate. On both, attention gives part of the gain
+# back (the attention line): the same kernel runs a little slower, see below. Peak memory drops as well, because
+# the per-token fp32 tables and the fp32 residual are gone.
 #
 # Accuracy: on the tiny model the stage is a few yardsticks from the reference and about as far from the fp32
 # result. It rounds more than the reference (bf16 residual, bf16 RoPE), by a small factor, and nothing comes near
-# an order-1 error. At real size on the H100 the velocity error grows from 0.006 after TF32 to 0.029 (1.3B) and
-# 0.032 (A14B) after this stage, below the 5e-2 tolerance: most of the error of the stages so far is this
+# an order-1 error. At real size on the GPU the velocity error grows several times over between TF32 and this
+# stage (the last lines above), and stays below the 5e-2 tolerance: most of the error of the stages so far is this
 # stage's. The tolerance is an order of magnitude above the tiny yardstick. The yardstick comes from
 # the 2-layer tiny model, whereas the real model stacks 30 to 40 blocks, and the reference's own fp32 distance at
 # real size was not measured. The headroom between the real-size error and the tolerance is therefore the only
