@@ -160,8 +160,9 @@ label_rows = [analysis.gpu_time_by_label(traces[w], LABELS, iteration=1)["gpu_ms
 # %% [markdown]
 # ## Launches and idle time
 # In this regime the CPU runs far ahead of the GPU: launches queue up (long launch-to-start delays, the profiler's
-# "Command Buffer Full") and the GPU is idle only where the host waits on it (`.item()` for the expert choice,
-# the switch's synchronous copies). HTA's launch statistics and idle breakdown cover the whole trace (for the
+# "Command Buffer Full"). On the A14B runs the GPU idles almost only where the host waits on it (`.item()` for the
+# expert choice, the switch's synchronous copies); the 1.3B run, with one expert and no switch, idles a few tens of
+# ms per trace, mostly in short gaps between queued kernels. HTA's launch statistics and idle breakdown cover the whole trace (for the
 # A14B baselines that is a normal step and the switch step); the split of one normal step comes after.
 
 # %%

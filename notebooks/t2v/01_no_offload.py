@@ -199,7 +199,7 @@ print(f"A14B switch copies: device-to-host {rate['Memcpy DtoH (Device -> Pageabl
 # trace shows where the time goes. The device-to-host copies into fresh pageable memory take most of it: pageable
 # memory, staged by the driver through pinned buffers. The upload is faster, but pageable too.
 #
-# The price is memory. With both A14B experts resident, the peak at 480p leaves only about a tenth of the GPU's
+# The price is memory. With both A14B experts resident, the peak at 480p leaves only about an eighth of the H100's
 # memory free (the peak in the table above against the device's memory). That leaves no room for a batch-2
 # forward on the reference numerics, so the A14B order moves batched CFG after dtype hygiene
 # (`t2v/02_batched_cfg`). Keep the stage. The per-video gain costs no compute, only memory, and every later stage

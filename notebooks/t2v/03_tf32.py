@@ -97,8 +97,8 @@ cmp
 ve = report.velocity_errors()
 for w in (W13, A14B):
     prev = report.previous_stage(w, STAGE)
-    print(f"{w}: velocity rel L2 {ve.loc[(w, prev), 'velocity rel L2']:.1e} after {prev}, "
-          f"{ve.loc[(w, STAGE), 'velocity rel L2']:.1e} after {STAGE}; the tolerance at this stage "
+    print(f"{w}: velocity rel L2 {report.sci(ve.loc[(w, prev), 'velocity rel L2'], 1)} after {prev}, "
+          f"{report.sci(ve.loc[(w, STAGE), 'velocity rel L2'], 1)} after {STAGE}; the tolerance at this stage "
           f"{tolerance_at(STAGE, w):g}")
 
 # %% [markdown]

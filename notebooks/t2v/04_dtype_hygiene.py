@@ -219,7 +219,7 @@ for (w, s), r in velocity.iterrows():
 # item list predicted, because copies and reductions that the list leaves out (device-to-device copies, the fp32
 # reductions) go too, and the time MLP that TF32 left goes away (the GEMM line). The 1.3B model's passes were
 # predicted by scaling the A14B block to its width, a rougher estimate. On both, attention gives part of the gain
-# back (the attention line): the same kernel runs a little slower, see below. Peak memory drops as well, because
+# back (the attention line): the same kernel runs a little slower (the A14B analysis above). Peak memory drops as well, because
 # the per-token fp32 tables and the fp32 residual are gone.
 #
 # Accuracy: on the tiny model the stage is a few yardsticks from the reference and about as far from the fp32

@@ -321,9 +321,9 @@ for w, prev in cmp["previous stage"].items():
 # %% [markdown]
 # **It paid, as predicted.** The whole gain is the attention kernel: the trace diff shows one kernel swapped and
 # attention time roughly halves. The measured step lands near the prediction made from the isolated ceilings alone
-# (the lines above); what separates them is how close the new kernel runs to its isolated rate inside the model
-# (a few percent either way) and the GEMMs and elementwise kernels that take slightly longer after the swap (see
-# above). Inside the model the picked kernel runs at about twice FA2's in-model rate. The error does not move: the
+# at A14B-480p and a few percent above it at 1.3B (the lines above); what separates them is how close the new
+# kernel runs to its isolated rate inside the model (a few percent below it at 1.3B on the H200) and the GEMMs and
+# elementwise kernels that take slightly longer after the swap (see above). Inside the model the picked kernel runs at about twice FA2's in-model rate. The error does not move: the
 # velocity error is the previous stage's to about three digits.
 #
 # At 720p attention is already most of the baseline's kernel time, next to reference numerics that still carry

@@ -251,7 +251,8 @@ analysis.trace_diff(W, "05_attention", STAGE)
 
 # %% [markdown]
 # What the diff shows (A14B-480p): the eager `vectorized_layer_norm_kernel`s go (one is left, outside the blocks),
-# the generic `elementwise_kernel` calls drop by more than half, the two Triton kernels come in; the GEMM calls are
+# the generic elementwise kernels (`BinaryFunctor`, `addcmul`, `CUDAFunctor_add`, copies) drop by more than half,
+# the two Triton kernels come in; the GEMM calls are
 # regrouped (one QKV GEMM with another tile shape in place of three) at about the same total time, and attention
 # moves by 1–2 %: the same FA4 kernel on the same shapes. Where the up-projection also applies GELU (a run whose
 # stage picked the epilogue), the GEMMs take a little more time while the elementwise time drops by much more (the
@@ -318,5 +319,5 @@ print(f"RMSNorm + RoPE kernel at {rope:.2f} TB/s against {plain:.2f} TB/s withou
 # (the table above).
 #
 # Left on the table: the RMSNorm + RoPE kernel runs at less than half the bandwidth of its own no-rotation
-# variant. The first fix tried, a form that walks each row as heads × pairs with contiguous loads, was 1.2–5.4×
+# variant. The first fix tried, a form that walks each row as heads × pairs with contiguous loads, was, on the H100 (captures 20261123T165834Z and 20261123T171751Z), 1.2–5.4×
 # slower at every shape measured (above) and was dropped; the pairs kernel stays, and what limits it is still open.

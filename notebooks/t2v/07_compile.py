@@ -73,7 +73,7 @@ vel.query(f"stage in ['{PREV}', '{STAGE}']")["velocity rel L2"].unstack("stage")
 
 # %% [markdown]
 # ### Regional against whole-model compile, and what compiling costs
-# A run asked to compare (`--compare-whole-compile`) also timed the whole-model compile of the same pipeline, from
+# A run asked to compare (`--compare-alternatives`) also timed the whole-model compile of the same pipeline, from
 # the state before this stage (`analysis.whole_model_compile` reads it from either capture format). `compile s` is
 # the first call's extra time over a timed step.
 
@@ -175,9 +175,10 @@ configs.groupby(["kernel", "stage", "registers / thread", "shared memory B", "th
 # `_norm_modulate_kernel`, 87 → 182 and 80 → 124 for the two `_rmsnorm_rope_kernel` variants), at lower
 # occupancy and 1.5–2× the time, which made that run's `07_compile` step slower than its `06_fusion` step. An
 # earlier version of this notebook blamed Inductor typing the float `eps` argument as fp64; that was a hypothesis,
-# and not the cause. `python -m wanopt.profiling.microbench` times each kernel alone at the A14B-480p
-# batched-CFG shape, eager and under `torch.compile`; the committed log (`traces/logs/bench_ops.txt`, an H100
-# session before these runs) has them launched both ways:
+# and not the cause. An earlier version of today's `python -m wanopt.profiling.microbench`
+# timed each kernel alone at the A14B-480p batched-CFG shape, eager and under `torch.compile`, launched both ways:
+# its committed log (`traces/logs/bench_ops.txt`, an H100 session before these runs) is below. Today's benchmark
+# times the custom ops only (`traces/logs/microbench.txt`, on the H200).
 
 # %%
 bench = []
@@ -249,4 +250,4 @@ for w in WORKLOADS:
 # `07_compile`. After stages 5 and 6 the step is GEMMs and attention, and whole-model compile buys little over
 # regional for many times the compile time (the compile table). Peak memory is lower under compile in these runs,
 # a side benefit whose cause these traces cannot show (they record no allocations). At a cold regional compile of
-# a few seconds per process the stage costs little and may be kept, but it is not where the time is.
+# seconds per process (the compile table) the stage costs little and may be kept, but it is not where the time is.

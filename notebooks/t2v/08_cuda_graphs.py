@@ -178,9 +178,10 @@ print(f"mg2-universal baseline: GPU idle {mg2_idle:.1f} % of the trace")
 # %% [markdown]
 # **It did not pay, as predicted.** At T2V scale the GPU is idle for about 1 % of a step or less, the host runs
 # far ahead of the GPU, and the graph removes every launch of the forward without changing a single kernel. What
-# it could save is bounded by that idle time, a few tens of ms per step at most (the lines above); the measured
+# it could save is bounded by that idle time, a few to a few tens of ms per step (the lines above); the measured
 # step moved by an amount of the same order or less, either way, within the variation of the kernels themselves
 # (the category diff moves by similar amounts, the same kernels on the same data). Add the capture cost of a couple
 # of steps per shape and the static-shape constraint (peak memory came out lower, which these traces cannot
 # explain); the stage is not worth keeping for these T2V workloads, 720p included. Matrix-Game-2 is the opposite
-# regime, a GPU idle most of its time with microsecond kernels: that is where CUDA graphs belong.
+# regime, a GPU idle for much of each block with microsecond kernels (`mg2/00_baseline`): that is where CUDA
+# graphs belong.

@@ -227,9 +227,10 @@ for w, s in official.items():
 #   FLOPs at the bf16 GEMM ceiling of an 8192³ matmul). Part of that is the norm/elementwise and cast/copy kernels,
 #   which the floor counts as free (`non-GEMM kernels s`); the remainder is the model's GEMMs running below that
 #   ceiling at their own shapes, and idle time.
-# - **Against diffusers.** The kernel choice is worth part of the gap to the peer (the lines under the peer table,
-#   an estimate from the ceilings, not a profile of the peer); the rest of the step is where the remainder is won
-#   or lost. diffusers' attention dispatcher can use FlashAttention kernels too; the peer here is diffusers as it
+# - **Against diffusers.** The lines under the peer table estimate what the kernel choice is worth against the
+#   peer's gap (from the ceilings, not a profile of the peer): at 1.3B most of the gap, at A14B-480p more than the
+#   whole gap, so there the rest of our step is slower than the peer's. The rest of the step is where the remainder
+#   is won or lost. diffusers' attention dispatcher can use FlashAttention kernels too; the peer here is diffusers as it
 #   runs by default.
 # - **A margin of a few percent is inside the run-to-run spread** between machines of one kind
 #   (`traces/README.md`): a target met or missed by less than that could go the other way on another machine of

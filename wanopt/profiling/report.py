@@ -17,6 +17,12 @@ from .results import short_device
 T2V_WORKLOADS = ("t2v-1.3b-480p", "t2v-a14b-480p", "t2v-a14b-720p")
 
 
+def sci(x: float, digits: int = 0) -> str:
+    """An error for a table: one significant digit (CPUs differ in the last bits, the verdict does not), an exact
+    zero as "0 (exact)" rather than 0e+00."""
+    return "0 (exact)" if x == 0 else f"{x:.{digits}e}"
+
+
 def previous_stage(workload: str, stage: str, root=None) -> str | None:
     """The stage captured just before `stage` in the same run (the workload's order; see wanopt.stages)."""
     return analysis.load_manifest(workload, stage, root).get("previous_stage")
@@ -107,7 +113,7 @@ def tiny_stage_errors(upto: str, workload: str = "t2v-1.3b-480p", seed: int = 0)
         v = step()
         err = rel_l2(v, base)
         tol = tolerance_at(stage.name, workload)
-        rows.append({"after stage": stage.name, "velocity rel L2": f"{err:.0e}", "tolerance": f"{tol:g}",
+        rows.append({"after stage": stage.name, "velocity rel L2": sci(err), "tolerance": f"{tol:g}",
                      "within": "yes" if err <= tol else "NO"})
     return pd.DataFrame(rows).set_index("after stage")
 

@@ -38,20 +38,19 @@ def _manifests(folder: Path) -> dict[str, dict]:
 
 def _projected(m: dict) -> dict | None:
     if "projection" in m:
-        return {"video_s": round(m["projection"]["total_s"], 1), "steps": m["projection"]["steps"]}
+        return {"video_s": m["projection"]["total_s"], "steps": m["projection"]["steps"]}
     if "dit_fps" in m:
-        return {"frames_per_s": round(m["dit_fps"], 1), "what": "generated frames per second, DiT only"}
+        return {"frames_per_s": m["dit_fps"], "what": "generated frames per second, DiT only"}
     return None
 
 
-UNIT_NAMES = {"t2v": "step", "mg2": "block"}
+UNIT_NAMES = {"t2v": "step", "mg2": "block"}  # the README's short name of a family's timed unit
 
 
 def _row(workload: str, stage: str, m: dict, run: dict) -> dict:
     return {"workload": workload, "stage": stage, "device": m["device"], "unit": m["step"],
-            "median_ms": round(m["timing"]["median"], 1),
-            "speedup_vs_baseline": round(m["speedup_vs_baseline"] or 1.0, 3),
-            "mfu": round(m["mfu"], 3), "kernel_floor_ratio": round(m["kernel_floor_ratio"], 3),
+            "median_ms": m["timing"]["median"], "speedup_vs_baseline": m["speedup_vs_baseline"] or 1.0,
+            "mfu": m["mfu"], "kernel_floor_ratio": m["kernel_floor_ratio"],
             "peak_gib": m["peak_memory_gib"], "projected": _projected(m), "run_id": m["run_id"],
             "commit": (m.get("versions") or {}).get("git_commit") or run.get("env", {}).get("git_commit")}
 
@@ -78,7 +77,7 @@ def result_rows(root=None) -> list[dict]:
             p = peers[label]["timing"]["median"]
             rows.append({**{c: None for c in COLUMNS}, "workload": name, "stage": f"{label} (peer)",
                          "device": base["device"], "unit": base["step"].split(" (")[0] + " (diffusers' model)",
-                         "median_ms": round(p, 1), "speedup_vs_baseline": round(base["timing"]["median"] / p, 3),
+                         "median_ms": p, "speedup_vs_baseline": base["timing"]["median"] / p,
                          "run_id": base["run_id"], "commit": _row(name, "", base, run)["commit"]})
     return rows
 

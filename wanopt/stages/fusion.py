@@ -16,8 +16,9 @@ bf16 after each op (differences at the bf16 ulp level, measured against the base
 What it should buy: the eager lean block still makes ~8 passes over L×d for each RoPE and ~3 for each modulate;
 a pass over a 480p A14B activation (32,760 × 5120 bf16 = 335 MB) costs ~0.2 ms at 3 TB/s, so a few ms per block.
 The GELU pass over the FFN activation (ffn_dim wide, 5.8× d at 1.3B) costs ~0.85 ms per 1.3B block; whether the
-epilogue saves it depends on the GEMM cuBLASLt picks with it: 2.78 ms against 3.26 for GEMM + GELU at
-1.3B-480p, but 34.2 against 32.4 at A14B-720p (traces/*/capture.json, "ffn_gelu").
+epilogue saves it depends on the GEMM cuBLASLt picks with it: 2.76 ms against 3.03 for GEMM + GELU at
+1.3B-480p on the H200, but 34.2 against 32.4 at A14B-720p on the H100 (traces/*/capture.json: `choices` in the
+H200 run, `ffn_gelu` in the H100 runs); so `choose_fusion` measures it at the workload's shape.
 
 On a machine without CUDA the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, which wanopt sets
 on import, before Triton is loaded) so that CI tests them against the eager reference; under torch.compile on
