@@ -47,10 +47,11 @@ def require_cuda():
             "and manifests captured on the GPU machines are committed under traces/, and every notebook reads those.")
 
 
-# Kineto leaves CUPTI's callbacks installed after a profiling session unless told to tear it down; every later
-# launch then pays for them (10-20 % in pytorch/pytorch#146604; here the launch-bound MG2 block measured 29 % and
-# 43 % slower in the two stages timed after one profiled stage, while a run's first stage was unaffected). Each
-# stage is timed after the previous stage's trace, so the harness asks for the teardown.
+# Kineto leaves CUPTI's callbacks installed after a profiling session unless told to tear it down, and every later
+# launch pays for them (10-20 % of a training step in pytorch/pytorch#146604). Each stage is timed after the
+# previous stage's trace, so the harness asks for the teardown: without it, the launch-bound MG2 stages timed after
+# a traced stage measured 480 and 534 ms per block (traces/logs/mg2-universal.no-cupti-teardown.capture.log); with
+# it, 387 and 395 ms, as in a run that traced nothing (381 and 365 ms, logs/mg2-universal.no-profile.capture.log).
 PROFILER_ENV = {"TEARDOWN_CUPTI": "1"}
 
 
