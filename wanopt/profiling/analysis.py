@@ -631,10 +631,15 @@ def source_breakdown(k: pd.DataFrame, own: dict | None = None) -> pd.DataFrame:
 # -- comparing two stages ---------------------------------------------------------------------------------------
 
 
-def first_step(k: pd.DataFrame) -> pd.DataFrame:
-    """The GPU events of the first profiled step of kernels() (an offload baseline's trace also holds the
-    expert-switch step; the first is the normal one)."""
+def first_step(k: pd.DataFrame, step: int | None = None) -> pd.DataFrame:
+    """The GPU events of one profiled step of kernels(): the first by default (an offload baseline's trace also
+    holds the expert-switch step; the first is the normal one), or ProfilerStep `step` (a Matrix-Game-2 trace:
+    1 the first block, 2 the filling one, 3 the steady state)."""
     steps = k.loc[k["iteration"] > 0, "iteration"]
+    if step is not None:
+        if step not in set(steps):
+            raise KeyError(f"profiled step {step} is not in this trace; it holds steps {sorted(set(steps))}")
+        return k[k["iteration"] == step]
     return k[k["iteration"] == steps.min()] if len(steps) else k
 
 
@@ -645,14 +650,16 @@ def kernel_counts(k: pd.DataFrame) -> pd.DataFrame:
     return g
 
 
-def trace_diff(workload: str, before: str, after: str, root=None, top: int = 12) -> pd.DataFrame:
-    """The GPU kernels (and memcpys, memsets) of the first profiled step of two stages, by short kernel name:
+def trace_diff(workload: str, before: str, after: str, root=None, top: int = 12,
+               step: int | None = None) -> pd.DataFrame:
+    """The GPU kernels (and memcpys, memsets) of one profiled step (the first, or `step`) of two stages, by short
+    kernel name:
     calls and total ms before and after, sorted by the size of the change in time.
 
     Computed from kernels() of each trace rather than with HTA's TraceDiff: HTA counts every event with a `stream`
     argument as a GPU event, and Inductor's host-side launch ops carry one, named after their kernel, so each
     Inductor kernel would count twice (and the profiler's `Stream Sync` markers would show as kernels)."""
-    a, b = (first_step(kernels(load_trace(workload, s, root))) for s in (before, after))
+    a, b = (first_step(kernels(load_trace(workload, s, root)), step) for s in (before, after))
     d = pd.concat({before: kernel_counts(a), after: kernel_counts(b)}, axis=1).fillna(0)
     d.columns = [f"{s} {c}" for s, c in d.columns]
     for s in (before, after):
@@ -663,9 +670,11 @@ def trace_diff(workload: str, before: str, after: str, root=None, top: int = 12)
     return _no_negative_zero(d.round(2))
 
 
-def category_diff(workload: str, before: str, after: str, root=None) -> pd.DataFrame:
-    """GPU kernel time per category in the first profiled step of each of two stages, and the difference (ms)."""
-    a, b = (category_breakdown(first_step(kernels(load_trace(workload, s, root))))["ms"] for s in (before, after))
+def category_diff(workload: str, before: str, after: str, root=None, step: int | None = None) -> pd.DataFrame:
+    """GPU kernel time per category in one profiled step (the first, or `step`) of each of two stages, and the
+    difference (ms)."""
+    a, b = (category_breakdown(first_step(kernels(load_trace(workload, s, root)), step))["ms"]
+            for s in (before, after))
     out = pd.DataFrame({before: a, after: b})
     out["Δ ms"] = out[after] - out[before]
     out.loc["total"] = out.sum()

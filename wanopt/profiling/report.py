@@ -58,7 +58,8 @@ def stage_comparison(stage: str, workloads=T2V_WORKLOADS, root=None) -> pd.DataF
             "speedup ×": m["speedup_vs_previous"], "vs baseline ×": m["speedup_vs_baseline"] or 1.0,
             "peak GiB before": p["peak_memory_gib"] if p else None, "peak GiB after": m["peak_memory_gib"],
             "MFU": m["mfu"], "floor ×": m["kernel_floor_ratio"],
-            "error metric": "velocity" if "velocity" in err["metric"] else "latents", "error": err["value"],
+            "error metric": next(k for k in ("x0", "velocity", "latents") if k in err["metric"] or k == "latents"),
+            "error": err["value"],
         })
     if not rows:
         captured = "; ".join(f"{w}: {', '.join(analysis.captured_stages(w, root)) or 'nothing'}" for w in known)
@@ -138,14 +139,21 @@ def block_timelines(workload: str, before: str, after: str, label: str = "block0
                                          f"and after {after}")
 
 
+UNIT_LABELS = {"t2v": ("denoise_step", "one denoising step"), "mg2": ("mg2_block", "one block")}
+
+
 def step_timelines(workload: str, before: str, after: str, root=None, occurrence: int = 0):
-    """One whole profiled denoising step before and after a stage, on one time axis."""
+    """One whole profiled unit (a T2V denoising step, a Matrix-Game-2 block: `occurrence` picks which of the
+    profiled ones) before and after a stage, on one time axis."""
+    from ..configs import get_workload
+
+    label, what = UNIT_LABELS[get_workload(workload).family]
     panels = []
     for stage in (before, after):
         a = analysis.load_trace(workload, stage, root)
-        panels.append((analysis.kernels(a), analysis.window(a, "denoise_step", occurrence), stage))
-    return plots.timelines(panels, title=f"{workload} on an {device_of(workload, root=root)}: one denoising step "
-                                         f"before and after {after}")
+        panels.append((analysis.kernels(a), analysis.window(a, label, occurrence), stage))
+    return plots.timelines(panels, title=f"{workload} on an {device_of(workload, root=root)}: {what} before and "
+                                         f"after {after}")
 
 
 def waterfall_labels(workload: str, root=None) -> dict:
@@ -247,3 +255,32 @@ def tiny_mg2_eviction_error(config: str = "mg2-tiny", seed: int = 0) -> float:
         keys.append(pipe.cache.layers[0].self_attn.k.clone())
     half = keys[1].size(1) // 2
     return (keys[2][:, :half].float() - keys[1][:, half:].float()).abs().max().item()
+
+
+@torch.no_grad()
+def tiny_mg2_stage_errors(upto: str, blocks: int = 5, config: str = "mg2-tiny", seed: int = 0) -> pd.DataFrame:
+    """Live, on the CPU: the tiny Matrix-Game-2 pipeline in fp32 (attention too), the stages applied one by one up
+    to `upto`, and after each the relative L2 of a whole video's latents (`blocks` blocks: the window evicts from
+    the third on) against the reference's, with the stage's tolerance, and the `.item()` calls per block."""
+    from ..models.layers import set_compute_dtype
+    from ..pipelines.causal import CausalPipeline
+    from ..stages import apply_stage, stages_up_to, tolerance_at
+
+    pipe = CausalPipeline(config, device="cpu", dtype=torch.float32, seed=seed)
+    set_compute_dtype(pipe.model, None)
+
+    def video():
+        with count_item_calls(pipe.model) as records:
+            out = torch.cat(list(pipe.stream(blocks, seed=seed + 1)), dim=2)
+        return out, sum(r["item calls"] for r in records) / blocks
+
+    base, base_items = video()
+    rows = [{"after stage": "00_baseline", "video latents rel L2": "0 (reference)", "tolerance": "0",
+             ".item() calls per block": base_items, "within": "yes"}]
+    for stage in stages_up_to(upto, "mg2-universal")[1:]:
+        pipe = apply_stage(pipe, stage, stage.options().options)
+        out, items = video()
+        err, tol = rel_l2(out, base), tolerance_at(stage.name, "mg2-universal")
+        rows.append({"after stage": stage.name, "video latents rel L2": sci(err), "tolerance": f"{tol:g}",
+                     ".item() calls per block": items, "within": "yes" if err <= tol else "NO"})
+    return pd.DataFrame(rows).set_index("after stage")
