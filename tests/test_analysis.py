@@ -316,3 +316,15 @@ def test_tidy_shows_tables_as_a_reader_wants_them():
     assert list(t["what"]) == ["a", "—", "c"]
     s = notebook.tidy(pd.Series([1.0, np.nan]))
     assert list(s) == ["1", "—"]
+
+
+def test_mg2_stage_numbers_come_from_the_manifests():
+    from wanopt.profiling import report
+
+    stages = ["00_baseline", "01_host_cache_indices"]
+    table = report.mg2_stage_numbers("mg2-universal", stages)
+    for stage in stages:
+        m = analysis.load_manifest("mg2-universal", stage)
+        assert table.loc[stage, "block median"] == round(m["timing"]["median"], 1)
+        assert table.loc[stage, "first block"] == round(m["first_block"]["timing"]["median"], 1)
+        assert table.loc[stage, "x0 error"] == m["error_vs_baseline"]["value"]

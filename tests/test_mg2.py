@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from wanopt.configs import MG2_GTA, MG2_TEMPLERUN, MG2_TINY, MG2_UNIVERSAL
+from wanopt.measure import rel_l2
 from wanopt.models import CausalWanModel, KVCache
 from wanopt.models.action import action_windows
 from wanopt.models.layers import set_compute_dtype
@@ -50,10 +51,6 @@ def video_inputs(config, num_frames, dtype=torch.float32, seed=0):
     keyboard = torch.randint(0, 2, (1, nf, c.action.keyboard_dim_in), generator=g).to(dtype)
     return (randn(1, c.out_dim, num_frames, h, w), randn(1, c.clip_tokens, c.clip_dim),
             randn(1, c.in_dim - c.out_dim, num_frames, h, w), mouse, keyboard)
-
-
-def rel_l2(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import torch
 
 from conftest import HD128, diffusers_twin, fp32_model
 from test_mg2 import fp32_causal, reference_velocity, video_inputs
+from wanopt.measure import rel_l2
 from wanopt.configs import MG2_TINY, get_config
 from wanopt.models import KVCache
 from wanopt.models.layers import PrecisionWarning, set_compute_dtype
@@ -16,8 +17,6 @@ from wanopt.weights import build_causal, build_wan
 TINY = get_config("tiny").dit
 
 
-def rel_l2(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def wan_inputs(config, ctx_len=512):

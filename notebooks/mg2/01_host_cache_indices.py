@@ -63,13 +63,7 @@ report.stage_comparison(STAGE, workloads=(W,)).T
 # The spread of the repeats, the first block of a video and one eval, before and after (ms):
 
 # %%
-rows = {}
-for stage in (BEFORE, STAGE):
-    m = analysis.load_manifest(W, stage)
-    rows[stage] = {"block min": m["timing"]["min"], "block median": m["timing"]["median"],
-                   "block max": m["timing"]["max"], "first block": m["first_block"]["timing"]["median"],
-                   "one eval": m["eval"]["timing"]["median"]}
-pd.DataFrame(rows).T.round(1)
+report.mg2_stage_numbers(W, (BEFORE, STAGE))
 
 # %% [markdown]
 # ## In the trace

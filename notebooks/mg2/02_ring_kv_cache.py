@@ -32,8 +32,6 @@ from wanopt.profiling.notebook import setup
 
 setup()  # quiet libraries before they load: nbval compares stderr
 
-import pandas as pd
-
 from wanopt.profiling import analysis, report
 
 STAGE, W = "02_ring_kv_cache", "mg2-universal"
@@ -61,15 +59,7 @@ print(analysis.provenance(analysis.load_manifest(W, STAGE)))
 report.stage_comparison(STAGE, workloads=(W,)).T
 
 # %%
-rows = {}
-for stage in (BEFORE, STAGE):
-    m = analysis.load_manifest(W, stage)
-    rows[stage] = {"block min": m["timing"]["min"], "block median": m["timing"]["median"],
-                   "block max": m["timing"]["max"], "first block": m["first_block"]["timing"]["median"],
-                   "one eval": m["eval"]["timing"]["median"],
-                   "x0 error": m["error_vs_baseline"]["value"],
-                   "eval velocity error": m["error_vs_baseline"]["eval_velocity_relative_l2"]}
-pd.DataFrame(rows).T
+report.mg2_stage_numbers(W, (BEFORE, STAGE))
 
 # %% [markdown]
 # ## In the trace

@@ -284,3 +284,18 @@ def tiny_mg2_stage_errors(upto: str, blocks: int = 5, config: str = "mg2-tiny", 
         rows.append({"after stage": stage.name, "video latents rel L2": sci(err), "tolerance": f"{tol:g}",
                      ".item() calls per block": items, "within": "yes" if err <= tol else "NO"})
     return pd.DataFrame(rows).set_index("after stage")
+
+
+def mg2_stage_numbers(workload: str, stages, root=None) -> pd.DataFrame:
+    """Per Matrix-Game-2 stage of one run: the steady block's spread (min, median, max), the first block, one eval
+    (medians, ms) and the errors against the baseline (the x0 after the window evicted, one eval's velocity)."""
+    rows = {}
+    for stage in stages:
+        m = analysis.load_manifest(workload, stage, root)
+        e = m["error_vs_baseline"]
+        rows[stage] = {"block min": m["timing"]["min"], "block median": m["timing"]["median"],
+                       "block max": m["timing"]["max"], "first block": m["first_block"]["timing"]["median"],
+                       "one eval": m["eval"]["timing"]["median"], "x0 error": e["value"],
+                       "eval velocity error": e.get("eval_velocity_relative_l2")}
+    return pd.DataFrame(rows).T.round({"block min": 1, "block median": 1, "block max": 1, "first block": 1,
+                                       "one eval": 1})
