@@ -11,7 +11,6 @@
 #     name: python3
 # ---
 
-
 # %% [markdown]
 # # mg2/01_host_cache_indices · cache end indices on the host
 #

@@ -11,7 +11,6 @@
 #     name: python3
 # ---
 
-
 # %% [markdown]
 # # mg2/02_ring_kv_cache · a ring of frame slots written by index
 #
