@@ -64,7 +64,9 @@ report.mg2_stage_numbers(W, (BEFORE, STAGE))
 # ## In the trace
 # The steady-state block before and after, on one time axis, then its kernel-level diff: the roll's clones and
 # copies back (the `copy` and device-to-device `Memcpy` rows) should be the kernels that go, under a millisecond
-# of GPU time per block.
+# of GPU time per block. Under the profiler every CPU op is recorded and the host launches several times slower
+# than in the timed runs, and unevenly: the traced blocks' lengths (the panel titles) are the profiler's, not the
+# stage's. The timed numbers are the tables above.
 
 # %%
 fig = report.step_timelines(W, BEFORE, STAGE, occurrence=STEADY - 1)
