@@ -34,7 +34,7 @@ class WanConfig:
     eps: float = 1e-6
     qk_norm: bool = True
     cross_attn_norm: bool = True
-    # "2.2" embeds the timestep once per token (t.expand(B, seq_len)); "2.1" once per sample (spec §2.2).
+    # "2.2" embeds the timestep once per token (t.expand(B, seq_len)); "2.1" once per sample.
     wan_version: str = "2.2"
 
     def __post_init__(self):
@@ -175,7 +175,7 @@ def num_tokens(config: T2VConfig, size: tuple[int, int], frame_num: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Matrix-Game-2 (CausalWanModel): spec matrix_game2.md §1.
+# Matrix-Game-2 (CausalWanModel): upstream configs/distilled_model/*/config.json and configs/inference_yaml/*.
 
 
 @dataclass(frozen=True)
@@ -265,7 +265,7 @@ def get_mg2_config(name: str) -> CausalWanConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Named workloads (spec workloads.md). Notebooks, traces/ folders and manifests use these names as written.
+# Named workloads. Notebooks, traces/ folders and manifests use these names as written.
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-# The warm-up/repeat rule of every timed unit (workloads.md): the median of >= 10 repeats, or >= 3 when one
+# The warm-up/repeat rule of every timed unit: the median of >= 10 repeats, or >= 3 when one
 # repeat takes over a second (a 40 s 720p step would otherwise hold the GPU for minutes per stage).
 LONG_UNIT_MS = 1000.0
 

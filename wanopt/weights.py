@@ -86,7 +86,7 @@ def warn_random(owner: str, components, reason: str, stacklevel: int = 2) -> Non
 # ---------------------------------------------------------------------------------------------------------------
 # Key maps
 
-# Official WanModel key -> diffusers WanTransformer3DModel key (spec wan_t2v.md §4, convert_wan_to_diffusers.py).
+# Official WanModel key -> diffusers WanTransformer3DModel key (diffusers' convert_wan_to_diffusers.py).
 _WAN_TO_DIFFUSERS = [
     (r"^text_embedding\.0\.", "condition_embedder.text_embedder.linear_1."),
     (r"^text_embedding\.2\.", "condition_embedder.text_embedder.linear_2."),

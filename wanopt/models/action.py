@@ -1,7 +1,7 @@
 """ActionModule: Matrix-Game-2's mouse and keyboard conditioning (`wan/modules/action_module.py`), inference path.
 
 Read top to bottom: the action windows, the temporal RoPE, the weightless norm, the module. What upstream computes
-and pays is kept on purpose (spec matrix_game2.md §3.7):
+and pays is kept on purpose:
   - raw per-video-frame actions are grouped into one window of 12 per latent frame, ending one video frame before
     the latent frame's last one; the windows are cut as a Python list of slices and stacked;
   - mouse: per spatial location, an MLP over [hidden state ‖ its frame's window], then temporal self-attention over

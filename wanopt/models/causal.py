@@ -1,7 +1,7 @@
 """CausalWanModel: the Matrix-Game-2 DiT (`wan/modules/causal_model.py`), its KV-cached inference path.
 
 Read top to bottom: the caches, attention, block, head, model; its builder is `wanopt.weights.build_causal`. What a
-user's copy of upstream pays is kept on purpose, because the notebooks measure it (spec matrix_game2.md §3, §5.3):
+user's copy of upstream pays is kept on purpose, because the notebooks measure it:
   - the whole model in bf16: no autocast, no float32 islands; norms and RoPE upcast inside and cast back;
   - per-frame adaLN: the timestep is embedded per latent frame (t is [B, F]) and broadcast over that frame's tokens;
   - RoPE in complex128 on every call, time positions absolute (start frame + f): keys enter the cache rotated;
@@ -49,7 +49,7 @@ class RollingKV:
     def attend(self, q, k, v, start: int, attention):
         """Write k, v (n new positions, the first at absolute position `start`), attend q to the window, return.
 
-        Upstream's rule (spec §3.5): a call that goes past the last end and does not fit rolls the buffer left
+        Upstream's rule: a call that goes past the last end and does not fit rolls the buffer left
         (clone, then copy back); a repeated call on the same block (end == global end) overwrites its own slots.
         Every `.item()` below is upstream's, one for one: each is a host sync on the GPU (3 to 6 per call).
         """

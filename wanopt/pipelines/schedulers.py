@@ -3,7 +3,7 @@
 Upstream's `FlowUniPCMultistepScheduler` (wan/utils/fm_solvers_unipc.py) is adapted from diffusers' UniPC; diffusers'
 own UniPCMultistepScheduler computes the same steps once it is given upstream's sigma table. What differs by default
 is the table: diffusers starts its flow sigmas at 1 - 1e-6 over linspace(1, 1/1000), upstream at the float32 value
-of 0.999 over linspace(0.999, 0) (spec wan_t2v.md §3.6, §6). We pass upstream's table, so the DiT sees upstream's
+of 0.999 over linspace(0.999, 0). We pass upstream's table, so the DiT sees upstream's
 int64-truncated timesteps (999 997 ... 235 for A14B).
 """
 

@@ -1,4 +1,4 @@
-"""Analytic FLOP counts (2 FLOP per multiply-add), as spec workloads.md defines them."""
+"""Analytic FLOP counts, 2 FLOP per multiply-add: the linears and the attention cores of one DiT eval."""
 
 from __future__ import annotations
 
