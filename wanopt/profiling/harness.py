@@ -146,13 +146,16 @@ def run_plan(runner, plan: Plan, out: Path, *, profile: bool = True, progress: b
     return summary
 
 
-def time_unit(runner, repeats: int | None = None) -> tuple[float, list[float]]:
-    """Warm-up from a prepared state, then the timed repeats; returns (warm-up ms, repeat times)."""
+def time_unit(runner, after_first=None) -> tuple[float, list[float]]:
+    """Warm-up from a prepared state, then the timed repeats (as many as the first one's duration asks for, each
+    from a prepared state); `after_first()` runs between the first repeat and the others. Returns (warm-up ms,
+    repeat times)."""
     runner.prepare()
     warm = time_once_ms(runner.unit_call)
     first = cuda_time_ms(runner.unit_call, setup=runner.prepare, repeats=1)[0]
-    n = repeats or repeats_for(first)
-    return warm, [first] + cuda_time_ms(runner.unit_call, setup=runner.prepare, repeats=n - 1)
+    if after_first is not None:
+        after_first()
+    return warm, [first] + cuda_time_ms(runner.unit_call, setup=runner.prepare, repeats=repeats_for(first) - 1)
 
 
 def time_alternative(runner, stage) -> dict:
@@ -173,13 +176,8 @@ def capture_stage(runner, plan: Plan, stage, summary: dict, baseline: dict | Non
     stage_dir = folder / stage.name
     stage_dir.mkdir(parents=True, exist_ok=True)
 
-    runner.prepare()
-    warm = time_once_ms(runner.unit_call)
-    first = cuda_time_ms(runner.unit_call, setup=runner.prepare, repeats=1)[0]
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
-    times = [first] + cuda_time_ms(runner.unit_call, setup=runner.prepare, repeats=repeats_for(first) - 1)
-    peak = gib(torch.cuda.max_memory_allocated()) if on_gpu else None
+    warm, times = time_unit(runner, after_first=torch.cuda.reset_peak_memory_stats if on_gpu else None)
+    peak = gib(torch.cuda.max_memory_allocated()) if on_gpu else None  # over the timed repeats after the first
     median = statistics.median(times)
 
     outputs = runner.outputs()
