@@ -274,3 +274,34 @@ def test_the_harness_never_branches_on_a_stage_or_family_name():
     source = (PACKAGE / "profiling" / "harness.py").read_text()
     names = {s.name for stages in FAMILY_STAGES.values() for s in stages} | set(FAMILY_STAGES)
     assert not [n for n in names if f'"{n}"' in source or f"'{n}'" in source]
+
+
+def test_a_failing_alternative_is_recorded_and_undone(tmp_path):
+    def broken(v):
+        raise RuntimeError("out of memory")
+    undone = []
+    stages = [Stage("00_baseline", None, "base", True, 0.0),
+              Stage("01_double", lambda v: v * 2, "double", True, 0.0,
+                    alternative=("broken", broken, lambda v: undone.append(v) or v))]
+    runner = FakeRunner("tiny-t2v")
+    runner.apply_function = lambda fn: setattr(runner, "value", fn(runner.value))
+    summary = harness.run_plan(runner, _plan(stages), tmp_path, progress=False, profile=False,
+                               compare_alternatives=True)
+    assert summary["alternatives"]["01_double"] == {"label": "broken", "error": "RuntimeError: out of memory"}
+    assert undone == [1.0] and "failed" not in summary and runner.value == 2.0
+
+
+def test_attention_backend_is_refused_where_no_stage_chooses_one():
+    out = subprocess.run([sys.executable, "-m", "wanopt", "capture", "--workload", "mg2-universal",
+                          "--attention-backend", "fa4"], capture_output=True, text=True)
+    assert out.returncode == 2 and "no stage of mg2-universal chooses an attention kernel" in out.stderr
+
+
+def test_a_window_smaller_than_a_block_is_refused_with_the_fix():
+    import dataclasses
+
+    from wanopt.configs import MG2_TINY
+    from wanopt.models.causal import KVCache
+
+    with pytest.raises(ValueError, match="must hold at least one block"):
+        KVCache(dataclasses.replace(MG2_TINY, local_attn_size=2))

@@ -49,8 +49,8 @@ def test_each_stage_matches_the_reference_over_an_evicting_video(reference, stag
     out = video(pipe)
     if stage == "01_host_cache_indices":  # the same operations on the same data
         assert torch.equal(out, ref)
-    err = rel_l2(out, ref)
-    assert err <= FP32_ROUNDING <= tolerance_at(stage, "mg2-universal") or err == 0.0, (stage, err)
+    else:  # the same keys in another order: fp32 summation order only, and far inside the stage's tolerance
+        assert rel_l2(out, ref) <= min(FP32_ROUNDING, tolerance_at(stage, "mg2-universal")), stage
 
 
 def test_host_indices_leave_no_item_call():
@@ -80,7 +80,7 @@ def test_the_ring_holds_the_reference_window_in_ring_order():
     for b in range(BLOCKS):
         for p, st in zip((ref, ring), states):
             p.next_block(st)
-        end = 3 * (b + 1)
+        end = config.num_frame_per_block * (b + 1)
         frames = list(range(max(0, end - w), end))
         rolled = ref.cache.layers[0].self_attn.k  # frames in time order from position 0
         slots = ring.cache.layers[0].self_attn.k

@@ -90,18 +90,24 @@ def main(argv=None) -> int:
             print(f"{w.name:<{width}}  {w.family:<3}  {w.config:<{cwidth}}  {w.step}")
         return 0
 
-    from .profiling.capture import CaptureNeedsGPU, capture
+    from .profiling.capture import CaptureNeedsGPU, capture, check_request, require_cuda
 
-    try:
-        capture(args.workload, args.stages, args.out, checkpoint=args.checkpoint, seed=args.seed,
-                profile=not args.no_profile, peers=args.peers, compare_alternatives=args.compare_alternatives,
-                attention_backend=args.attention_backend)
+    try:  # what the user asked for is checked first; anything later is a real failure, with its traceback
+        check_request(args.workload, args.stages, args.peers, args.attention_backend)
+        require_cuda()
     except CaptureNeedsGPU as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
+    summary = capture(args.workload, args.stages, args.out, checkpoint=args.checkpoint, seed=args.seed,
+                      profile=not args.no_profile, peers=args.peers, compare_alternatives=args.compare_alternatives,
+                      attention_backend=args.attention_backend)
+    if "failed" in summary:
+        print(f"error: stage {summary['failed']['stage']} failed ({summary['failed']['error'][:300]}); the stages "
+              f"before it are written under {args.out}/{args.workload}/", file=sys.stderr)
+        return 1
     return 0
 
 

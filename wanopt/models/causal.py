@@ -111,8 +111,11 @@ class KVCache:
 
     def __init__(self, config: CausalWanConfig, device=None, dtype=torch.bfloat16):
         c = self.config = config
-        if c.local_attn_size < 1:
-            raise ValueError(f"local_attn_size must be >= 1 frame for the rolling cache; got {c.local_attn_size}")
+        if c.local_attn_size < c.num_frame_per_block:
+            raise ValueError(f"local_attn_size ({c.local_attn_size} latent frames) must hold at least one block of "
+                             f"num_frame_per_block={c.num_frame_per_block} frames: a block's own keys go into the cache "
+                             f"before it attends. Use a window of >= {c.num_frame_per_block} frames (every released "
+                             f"config has 4 or 6).")
         s, w, a = c.frame_seq_length, c.local_attn_size, c.action
         kv_self = (1, w * s, c.num_heads, c.head_dim)
         kv_cross = (1, c.clip_tokens, c.num_heads, c.head_dim)

@@ -12,12 +12,28 @@ from pathlib import Path
 
 from ..configs import get_workload
 from ..models.layers import check_attention_backend
+from ..stages import choose_attention
 from ..stages import plan as make_plan
 from .harness import CaptureNeedsGPU, require_cuda, run_plan
 from .mg2 import MG2Runner
 from .t2v import T2VRunner
 
 RUNNERS = {"t2v": T2VRunner, "mg2": MG2Runner}
+
+
+def check_request(workload: str, stages="all", peers: bool = False, attention_backend: str | None = None):
+    """The workload and its plan, or a KeyError / ValueError that names the problem and the choices: everything a
+    capture is asked can be checked before anything needs a GPU."""
+    wl = get_workload(workload)
+    plan = make_plan(wl.name, stages)
+    if attention_backend is not None:
+        check_attention_backend(attention_backend)
+        if not any(s.choose is choose_attention for s in plan.stages):
+            raise ValueError(f"--attention-backend: no stage of {wl.name} chooses an attention kernel (stages: "
+                             f"{', '.join(s.name for s in plan.stages)})")
+    if peers and wl.family != "t2v":
+        raise ValueError(f"--peers: diffusers' peer is a text-to-video model; {wl.name} is {wl.family}")
+    return wl, plan
 
 
 def capture(workload: str, stages="all", out="traces", checkpoint=None, seed: int = 0, profile: bool = True,
@@ -28,12 +44,7 @@ def capture(workload: str, stages="all", out="traces", checkpoint=None, seed: in
 
     attention_backend forces the attention stage's kernel instead of the fastest measured: to try a newly
     installed kernel through the later stages in a short run before a long one."""
-    wl = get_workload(workload)
-    plan = make_plan(wl.name, stages)
-    if attention_backend is not None:
-        check_attention_backend(attention_backend)
-    if peers and wl.family != "t2v":
-        raise ValueError(f"--peers: diffusers' peer is a text-to-video model; {wl.name} is {wl.family}")
+    wl, plan = check_request(workload, stages, peers, attention_backend)
     if not allow_cpu:
         require_cuda()
     runner = RUNNERS[wl.family](wl, checkpoint=checkpoint, seed=seed)
@@ -47,4 +58,4 @@ def capture(workload: str, stages="all", out="traces", checkpoint=None, seed: in
                     compare_alternatives=compare_alternatives, before_stages=before)
 
 
-__all__ = ["capture", "CaptureNeedsGPU", "require_cuda", "RUNNERS"]
+__all__ = ["capture", "check_request", "CaptureNeedsGPU", "require_cuda", "RUNNERS"]

@@ -162,9 +162,14 @@ def time_alternative(runner, stage) -> dict:
     """The stage's alternative (say, whole-model compile against regional), timed in this run from the state
     before the stage, then undone."""
     label, apply, undo = stage.alternative
-    runner.apply_function(apply)
-    warm, times = time_unit(runner)
-    runner.apply_function(undo)
+    try:
+        runner.apply_function(apply)
+        warm, times = time_unit(runner)
+    except Exception as exc:  # optional: recorded, and the stage itself still runs
+        traceback.print_exc()
+        return {"label": label, "error": f"{type(exc).__name__}: {exc}"[:1000]}
+    finally:
+        runner.apply_function(undo)
     median = statistics.median(times)
     return {"label": label, "timing": summarize(times), "warmup_ms": warm, "compile_s": max(0.0, warm - median) / 1e3}
 
@@ -245,7 +250,8 @@ def print_table(summary: dict):
         if isinstance(p, dict) and "timing" in p:
             rows.append(f"{label:<34}{p['timing']['median']:>10.1f} ms (compile {p['compile_s']:.0f} s)")
     for stage, a in summary.get("alternatives", {}).items():
-        rows.append(f"{a['label']:<34}{a['timing']['median']:>10.1f} ms (compile {a['compile_s']:.0f} s)")
+        rows.append(f"{a['label']:<34}" + (f"{a['timing']['median']:>10.1f} ms (compile {a['compile_s']:.0f} s)"
+                                           if "timing" in a else f"  failed: {a['error'][:120]}"))
     if "failed" in summary:
         rows.append(f"FAILED at {summary['failed']['stage']}: {summary['failed']['error'][:200]}")
     print(f"\n== {summary['workload']} (run {summary['run_id']}, {summary['env'].get('device', 'cpu')}, "

@@ -42,7 +42,7 @@ class MG2Runner:
         self.config = c = get_mg2_config(workload.config)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.f, self.s = c.num_frame_per_block, c.frame_seq_length
-        self.window_frames = c.local_attn_size if c.local_attn_size > 0 else 3 * self.f
+        self.window_frames = c.local_attn_size  # the KV cache keeps this many latent frames
         self.error_blocks = self.window_frames // self.f + 2  # the window has evicted by the last of these
         self.num_blocks = PRELUDE_BLOCKS + STEADY_REPEATS + 3
         self.pipe, self.state = None, None
@@ -99,6 +99,7 @@ class MG2Runner:
         self.state = None
         return {"x0": x0.detach().float().clone(), "velocity": v.detach().float().clone()}
 
+    @torch.no_grad()
     def eval_velocity(self, state) -> torch.Tensor:
         """One denoising eval at the last block made (its first timestep, its noise), the model's velocity."""
         start = (state.block - 1) * self.f

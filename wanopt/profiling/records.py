@@ -20,10 +20,6 @@ VERSION_KEYS = ("torch", "cuda", "cudnn", "driver", "triton", "python", "diffuse
                 "git_commit", "host_cpu")
 
 
-def trace_name(rank: int = 0) -> str:
-    return f"rank{rank}.pt.trace.json.gz"
-
-
 def new_run_id() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 

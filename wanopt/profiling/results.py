@@ -64,7 +64,8 @@ def result_rows(root=None) -> list[dict]:
         if name.startswith("tiny") or not (folder / RUN_SUMMARY).exists():
             continue
         run = _json(folder / RUN_SUMMARY)
-        manifests = _manifests(folder)
+        # one run per row set: a later partial run rewrites capture.json but leaves older stage folders behind
+        manifests = {k: m for k, m in _manifests(folder).items() if m["run_id"] == run["run_id"]}
         if "00_baseline" not in manifests:
             continue
         base = manifests["00_baseline"]

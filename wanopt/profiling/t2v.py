@@ -210,7 +210,7 @@ class T2VRunner:
         """A full video from numbers of this run: T5 + all steps (+ offload uploads and the switch) + VAE decode."""
         steps = self.config.sample_steps
         step_ms = m["timing"]["median"]
-        offload = "offload on" in m["step"]
+        offload = self.pipe.offload
         t5 = summary["t5_encode_offload_ms"] if offload else summary["t5_encode_resident_ms"]["median"]
         parts = {"t5_ms": t5, "steps_ms": steps * step_ms, "vae_ms": summary.get("vae_decode_ms")}
         if offload and "first_step_with_upload_ms" in m:

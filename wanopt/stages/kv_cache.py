@@ -99,6 +99,9 @@ def _caches(pipe):
 def host_cache_indices(pipe):
     for layer, name, _ in _caches(pipe):
         cache = getattr(layer, name)
+        if type(cache) is not RollingKV:
+            raise ValueError(f"host_cache_indices converts upstream's RollingKV caches; this pipeline's are already "
+                             f"{type(cache).__name__}: apply each stage once, in the order of MG2_STAGES")
         global_end, local_end = int(cache.global_end.item()), int(cache.local_end.item())  # once, at apply time
         cache.__class__ = HostIndexedKV
         cache.global_end, cache.local_end = global_end, local_end
