@@ -60,6 +60,11 @@ def median_ms(fn, *args, n: int = 20) -> float:
     return statistics.median(cuda_time_ms(lambda: fn(*args), repeats=n))
 
 
+def compile_seconds(warmup_ms: float, median_ms: float) -> float:
+    """What the first call cost beyond a timed one (compile, autotune, graph capture), in seconds."""
+    return max(0.0, warmup_ms - median_ms) / 1e3
+
+
 def summarize(times_ms: list[float]) -> dict:
     return {"median": statistics.median(times_ms), "min": min(times_ms), "max": max(times_ms), "n": len(times_ms),
             "unit": "ms"}

@@ -162,15 +162,18 @@ class CausalPipeline:
         sigma = self.sigma_at(t, torch.float32).view(1, 1, -1, 1, 1)
         return ((1 - sigma) * x0 + sigma * noise).type_as(noise)
 
-    def dit(self, xt: torch.Tensor, t: torch.Tensor, cond: dict, start_frame: int) -> torch.Tensor:
-        """One DiT eval as upstream's WanDiffusionWrapper runs it: the velocity, then x0 (also for the cache refresh,
-        whose x0 nobody reads)."""
+    def velocity(self, xt: torch.Tensor, t: torch.Tensor, cond: dict, start_frame: int) -> torch.Tensor:
+        """One DiT eval with the stages' contexts entered: the model's flow velocity (it writes this block's K/V)."""
         with contextlib.ExitStack() as stack:
             for make_context in self.dit_contexts:
                 stack.enter_context(make_context())
-            v = self.model(xt.to(self.dtype), t, **cond, cache=self.cache,
-                           current_start=start_frame * self.config.frame_seq_length)
-        return self.flow_to_x0(v, xt, t)
+            return self.model(xt.to(self.dtype), t, **cond, cache=self.cache,
+                              current_start=start_frame * self.config.frame_seq_length)
+
+    def dit(self, xt: torch.Tensor, t: torch.Tensor, cond: dict, start_frame: int) -> torch.Tensor:
+        """One DiT eval as upstream's WanDiffusionWrapper runs it: the velocity, then x0 (also for the cache refresh,
+        whose x0 nobody reads)."""
+        return self.flow_to_x0(self.velocity(xt, t, cond, start_frame), xt, t)
 
     @torch.no_grad()
     def next_block(self, state: CausalState) -> torch.Tensor:

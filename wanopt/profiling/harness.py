@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..measure import cuda_time_ms, repeats_for, summarize, time_once_ms
+from ..measure import compile_seconds, cuda_time_ms, repeats_for, summarize, time_once_ms
 from ..stages import ChoiceContext, Plan, cumulative_tolerance
 from .records import MANIFEST, RUN_SUMMARY, TRACE_NAME, environment, gib, new_run_id, sha256, versions, write_json
 
@@ -171,7 +171,7 @@ def time_alternative(runner, stage) -> dict:
     finally:
         runner.apply_function(undo)
     median = statistics.median(times)
-    return {"label": label, "timing": summarize(times), "warmup_ms": warm, "compile_s": max(0.0, warm - median) / 1e3}
+    return {"label": label, "timing": summarize(times), "warmup_ms": warm, "compile_s": compile_seconds(warm, median)}
 
 
 def capture_stage(runner, plan: Plan, stage, summary: dict, baseline: dict | None, previous: dict | None,
@@ -205,7 +205,7 @@ def capture_stage(runner, plan: Plan, stage, summary: dict, baseline: dict | Non
         "device": summary["env"].get("device", "cpu"), "versions": versions(summary["env"]),
         "date": summary["env"]["date"], "step": runner.unit_description(),
         "timing": summarize(times), "warmup_ms": warm,
-        "compile_s": max(0.0, warm - median) / 1e3 if stage.compiles else 0.0,
+        "compile_s": compile_seconds(warm, median) if stage.compiles else 0.0,
         "peak_memory_gib": peak,
         "flops_per_step": flops["per_unit"], **{k: v for k, v in flops.items() if k != "per_unit"},
         "ceilings": {"gemm_tflops": ceil["gemm_tflops"], "attention_tflops": ceil["attention"][ceil["attention_backend"]],
@@ -215,7 +215,7 @@ def capture_stage(runner, plan: Plan, stage, summary: dict, baseline: dict | Non
         "kernel_floor_ms": floor_s * 1e3, "kernel_floor_ratio": (median / 1e3) / floor_s,
         "error_vs_baseline": error,
         "speedup_vs_baseline": None, "speedup_vs_previous": None,
-        "random_weights": runner.random_weights(),
+        "random_weights": list(getattr(runner.pipe, "random_components", ())) or runner.checkpoint is None,
     }
     if baseline is not None or stage is plan.stages[0]:
         base = summary["stages"].get(plan.stages[0].name, {}).get("timing", {}).get("median", median)

@@ -10,7 +10,6 @@ after the window has evicted, and one eval's velocity at that point.
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 
 import torch
@@ -20,6 +19,7 @@ from ..measure import cuda_time_ms, rel_l2, summarize
 from ..stages import apply_stage
 from .flops import causal_eval_flops, kernel_floor_s
 from .microbench import measure_ceilings
+from .records import gib
 from .t2v import attention_backend_of
 
 STEADY_REPEATS = 10
@@ -106,11 +106,7 @@ class MG2Runner:
         cond = self.pipe.block_conditions(state, start)
         xt = state.noise[:, :, start:start + self.f]
         t = torch.ones([1, self.f], device=self.device, dtype=torch.int64) * self.pipe.timesteps[0]
-        with contextlib.ExitStack() as stack:
-            for make_context in self.pipe.dit_contexts:
-                stack.enter_context(make_context())
-            return self.pipe.model(xt.to(self.pipe.dtype), t, **cond, cache=self.pipe.cache,
-                                   current_start=start * self.s)
+        return self.pipe.velocity(xt, t, cond, start)
 
     def errors(self, out, base) -> dict:
         metric = (f"relative L2 of the x0 of block {self.error_blocks - 1} of a fixed video (the window has "
@@ -137,9 +133,6 @@ class MG2Runner:
         return (f"one steady-state block: {self.evals_per_block - 1} denoising evals + 1 cache-refresh eval "
                 f"({self.f * self.s} query tokens, {self.window_frames * self.s} keys), DiT only (no VAE decode)")
 
-    def random_weights(self) -> list | bool:
-        return list(getattr(self.pipe, "random_components", ())) or self.checkpoint is None
-
     def extras(self, stage, m: dict, summary: dict) -> dict:
         c, pipe = self.config, self.pipe
         box = {}
@@ -164,7 +157,7 @@ class MG2Runner:
                             "vs_steady_block": statistics.median(first) / m["timing"]["median"]},
             "eval": {"timing": summarize(evals), "flops": self.eval_flops()},
             "evals_per_block": self.evals_per_block,
-            "cache_gib": round(pipe.cache.nbytes() / 2**30, 2),
+            "cache_gib": gib(pipe.cache.nbytes()),
             "attention_backend_used": attention_backend_of(pipe.model),
             "video_frames_per_block": frames, "dit_fps": frames / block_s, "floor_fps": frames / floor_s,
         }

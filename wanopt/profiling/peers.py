@@ -12,7 +12,7 @@ import statistics
 
 import torch
 
-from ..measure import cuda_time_ms, rel_l2, repeats_for, summarize, time_once_ms
+from ..measure import compile_seconds, cuda_time_ms, rel_l2, repeats_for, summarize, time_once_ms
 from ..pipelines.t2v import pad_text
 
 
@@ -77,7 +77,7 @@ def capture_peers(runner, summary: dict, compare_cudnn: bool | None = None) -> d
         ours = runner.state_at(runner.normal_index)
         pipe.denoise_step(ours)
         results[label] = {"timing": summarize(times), "warmup_ms": warm,
-                          "compile_s": max(0.0, (warm - statistics.median(times)) / 1e3) if compiled else 0.0,
+                          "compile_s": compile_seconds(warm, statistics.median(times)) if compiled else 0.0,
                           "error_vs_baseline": rel_l2(box["s"].latents, ours.latents),  # latents after the step
                           "velocity_error_vs_baseline": rel_l2(box["s"].velocity, ours.velocity)}
         print(f"  peer {label}: {statistics.median(times):.1f} ms/step", flush=True)

@@ -17,6 +17,7 @@ from ..measure import cuda_time_ms, rel_l2, summarize, time_once_ms
 from ..stages import stage_order
 from .flops import kernel_floor_s, wan_eval_flops
 from .microbench import measure_ceilings
+from .records import gib
 
 PROMPT = "A cat in a tiny astronaut suit walks across the surface of the moon, slow dolly shot, golden rim light"
 CFG_EVALS = 2  # every step evaluates the DiT on the prompt and on the negative prompt
@@ -133,9 +134,6 @@ class T2VRunner:
                                       " (two sequential forwards)")
                 + ("; offload on: one expert resident" if p.offload else "; both experts resident"))
 
-    def random_weights(self) -> list | bool:
-        return list(getattr(self.pipe, "random_components", ())) or self.checkpoint is None
-
     def extras(self, stage, m: dict, summary: dict) -> dict:
         p = self.pipe
         x = {"step_index": self.normal_index, "timestep": self.timesteps[self.normal_index],
@@ -194,7 +192,7 @@ class T2VRunner:
                 torch.cuda.reset_peak_memory_stats()
             ms = time_once_ms(self.unit_call)
             result = {"fits": True, "step_ms": ms,
-                      "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if on_gpu else None}
+                      "peak_memory_gib": gib(torch.cuda.max_memory_allocated()) if on_gpu else None}
         except torch.OutOfMemoryError as exc:
             result = {"fits": False, "error": str(exc).split(" See documentation")[0][:600]}
         finally:
