@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..configs import get_workload
 from ..models.layers import check_attention_backend
-from ..stages import choose_attention
+from ..stages import choose_attention, choose_mg2_attention
 from ..stages import plan as make_plan
 from .harness import CaptureNeedsGPU, require_cuda, run_plan
 from .mg2 import MG2Runner
@@ -28,7 +28,7 @@ def check_request(workload: str, stages="all", peers: bool = False, attention_ba
     plan = make_plan(wl.name, stages)
     if attention_backend is not None:
         check_attention_backend(attention_backend)
-        if not any(s.choose is choose_attention for s in plan.stages):
+        if not any(s.choose in (choose_attention, choose_mg2_attention) for s in plan.stages):
             raise ValueError(f"--attention-backend: no stage of {wl.name} chooses an attention kernel (stages: "
                              f"{', '.join(s.name for s in plan.stages)})")
     if peers and wl.family != "t2v":

@@ -24,6 +24,7 @@ from .t2v import attention_backend_of
 
 STEADY_REPEATS = 10
 PRELUDE_BLOCKS = 2  # blocks made before a steady block: the cache holds a full window from then on
+COLD_START_STAGES = ("00_baseline", "07_cuda_graphs", "08_fold_refresh")  # measured in a fresh process each
 
 
 def video_frames(config, block: int) -> int:
@@ -53,8 +54,11 @@ class MG2Runner:
 
     def shapes(self) -> dict:
         c = self.config
+        a = c.action
         return {"tokens": self.f * self.s, "keys": self.window_frames * self.s, "cfg_batch": 1, "dim": c.dim,
-                "ffn_dim": c.ffn_dim, "heads": c.num_heads, "head_dim": c.head_dim, "text_len": c.clip_tokens}
+                "ffn_dim": c.ffn_dim, "heads": c.num_heads, "head_dim": c.head_dim, "text_len": c.clip_tokens,
+                "frame_tokens": self.s, "frames": self.f, "window": self.window_frames, "action_heads": a.heads_num,
+                "action_head_dim": a.keyboard_hidden_dim // a.heads_num}
 
     def measure_ceilings(self) -> dict:
         c = self.config
@@ -150,7 +154,10 @@ class MG2Runner:
         block_s = m["timing"]["median"] / 1e3
         floor_s = m["kernel_floor_ms"] / 1e3
         frames = video_frames(c, 1)
+        graphs = getattr(pipe, "graphs", None)
         return {
+            **({"graph_capture_s": dict(graphs.capture_s)} if graphs is not None else {}),
+            **({"cold_start": self.cold_start(stage, summary)} if stage.name in COLD_START_STAGES else {}),
             "first_block": {"timing": summarize(first), "keys": self.f * self.s,
                             "flops": self.evals_per_block * first_flops["total"] + clip_kv_once,
                             "video_frames": video_frames(c, 0),
@@ -161,6 +168,16 @@ class MG2Runner:
             "attention_backend_used": attention_backend_of(pipe.model),
             "video_frames_per_block": frames, "dit_fps": frames / block_s, "floor_fps": frames / floor_s,
         }
+
+    def cold_start(self, stage, summary: dict) -> dict:
+        """Process start to block 0 out in a fresh process with the stages applied so far and the options this run
+        chose (wanopt.profiling.cold_start)."""
+        from ..stages import stages_up_to
+        from .cold_start import cold_start
+
+        names = [s.name for s in stages_up_to(stage.name, self.workload.name)]
+        options = {n: c["options"] for n, c in summary.get("choices", {}).items() if n in names}
+        return cold_start(self.workload.name, names, options, self.seed, self.checkpoint)
 
     def profile_plan(self):
         pipe, box = self.pipe, {}

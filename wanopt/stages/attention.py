@@ -60,3 +60,72 @@ def attention_kernel(pipe, backend: str = "cudnn"):
         model.set_attention_backend(backend)
     pipe.attention_backend = backend
     return pipe
+
+
+# -- Matrix-Game-2: one kernel per attention shape ----------------------------------------------------------------
+
+
+def action_attention_timings(shapes: dict, backends=KNOWN_BACKENDS, repeats: int = 20) -> dict:
+    """Median ms of each kernel at the action module's two shapes on this GPU (None where it fails there): mouse,
+    per location [S, F, heads, d] over [S, W, heads, d]; keyboard, every token [1, F·S, heads, d] over the cached
+    frames [1, W, heads, d]. Short kernels: each time is one batch of back-to-back calls between two events."""
+    import torch
+
+    from ..measure import median_ms
+    from ..models.layers import attention
+
+    s, f, w, h, d = (shapes[k] for k in ("frame_tokens", "frames", "window", "action_heads", "action_head_dim"))
+    bf16 = dict(device="cuda", dtype=torch.bfloat16)
+    cases = {"mouse": ((s, f, h, d), (s, w, h, d)), "keyboard": ((1, f * s, h, d), (1, w, h, d))}
+    out = {}
+    for name, (qs, ks) in cases.items():
+        q, k, v = torch.randn(qs, **bf16), torch.randn(ks, **bf16), torch.randn(ks, **bf16)
+        out[name] = {}
+        for backend in backends:
+            try:
+                attention(q, k, v, backend)
+                out[name][backend] = median_ms(lambda: attention(q, k, v, backend), n=repeats)
+            except Exception as exc:  # a kernel that does not take this shape: recorded, out of the running
+                out[name][backend] = None
+                out[name][f"{backend}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    return out
+
+
+def choose_mg2_attention(ctx):
+    """A kernel per Matrix-Game-2 attention shape: self-attention over the window and cross-attention over the CLIP
+    tokens from the run's ceilings (the fastest at each shape), the action module's attention by timing each
+    kernel at its shapes (the slower of mouse and keyboard decides); the forced kernel everywhere where one is
+    given; SDPA's default without a GPU. One kernel serves mouse and keyboard: the least time on both."""
+    from .base import Choice
+
+    forced = ctx.forced.get("attention_backend")
+    if forced:
+        return Choice({"self_backend": forced, "cross_backend": forced, "action_backend": forced}, {"forced": True})
+    ceil = ctx.ceilings or {}
+    measured = {k: v for k, v in ceil.get("attention", {}).items() if k in KNOWN_BACKENDS and v}
+    if ctx.device != "cuda" or not measured:
+        return Choice({"self_backend": UNMEASURED_BACKEND, "cross_backend": UNMEASURED_BACKEND,
+                       "action_backend": UNMEASURED_BACKEND}, {"measured": False})
+    cross = {k: v for k, v in ceil.get("attention_cross", {}).items() if k in KNOWN_BACKENDS and v}
+    action = action_attention_timings(ctx.shapes)
+    total = {k: action["mouse"][k] + action["keyboard"][k] for k in KNOWN_BACKENDS
+             if action["mouse"].get(k) and action["keyboard"].get(k)}
+    if not total:
+        raise ValueError(f"no attention kernel ran at both action shapes: {action}")
+    options = {"self_backend": max(measured, key=measured.get),
+               "cross_backend": max(cross, key=cross.get) if cross else max(measured, key=measured.get),
+               "action_backend": min(total, key=total.get)}
+    return Choice(options, {"measured": True, "self_tflops": measured, "cross_tflops": cross, "action_ms": action})
+
+
+def mg2_attention_kernels(pipe, self_backend: str = "cudnn", cross_backend: str = "cudnn",
+                          action_backend: str = "flash"):
+    """Set the kernel of each Matrix-Game-2 attention: self (over the KV window), cross (CLIP), action (mouse and
+    keyboard)."""
+    for block in pipe.model.blocks:
+        block.self_attn.attn_backend = self_backend
+        block.cross_attn.attn_backend = cross_backend
+        if block.action_model is not None:
+            block.action_model.attn_backend = action_backend
+    pipe.attention_backend = {"self": self_backend, "cross": cross_backend, "action": action_backend}
+    return pipe

@@ -40,3 +40,20 @@ def uncompile(pipe):
     torch._dynamo.reset()
     pipe.compiled = None
     return pipe
+
+
+def compile_causal_parts(pipe, mode: str | None = None):
+    """Matrix-Game-2 (on the lean model, stage 03): torch.compile of each piece of a block between its cached
+    attentions (wanopt.stages.mg2_lean: self_qkv, self_out, cross, ffn, and the action module's pieces). The cache
+    writes and the attention over the window stay eager: they depend on the block's position, which would make
+    Dynamo specialize and recompile per block. Each piece takes its module as an argument, so all 30 blocks share
+    one compiled graph per piece and shape (the denoising evals and the folded first eval of stage 08: two)."""
+    from types import SimpleNamespace
+
+    from . import mg2_lean
+
+    compiled = {name: torch.compile(fn, dynamic=False, mode=mode)
+                for name, fn in vars(mg2_lean.EAGER_PARTS).items() if callable(fn)}
+    mg2_lean.set_parts(pipe.model, parts=SimpleNamespace(**compiled, name="compiled"))
+    pipe.compiled = "regional"
+    return pipe

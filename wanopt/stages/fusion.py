@@ -34,6 +34,7 @@ import torch
 from ..models.layers import AutocastLinear
 from ..kernels import use_triton  # importing it registers the wanopt:: custom ops
 from ..measure import median_ms, rel_l2
+from . import mg2_lean
 from .dtype_hygiene import LeanCrossAttention, LeanSelfAttention, norm_modulate, qk_norm_rope
 
 
@@ -93,7 +94,7 @@ class GeluEpilogueFFN(torch.nn.Sequential):
         up, _, down = self
         if not x.is_cuda:
             return super().forward(x)
-        dtype = up.compute_dtype or x.dtype
+        dtype = getattr(up, "compute_dtype", None) or x.dtype
         h = torch._addmm_activation(up.bias.to(dtype), x.to(dtype).flatten(0, -2), up.weight.to(dtype).t(),
                                     use_gelu=True)
         return down(h.unflatten(0, x.shape[:-1]))
@@ -144,5 +145,60 @@ def fuse_model(model, kernels=TRITON_KERNELS, gelu_epilogue: bool = True):
 def fuse_kernels(pipe, gelu_epilogue: bool = True):
     for model in pipe.experts.values():
         fuse_model(model, gelu_epilogue=gelu_epilogue)
+    pipe.gelu_epilogue = gelu_epilogue
+    return pipe
+
+
+# -- Matrix-Game-2 ----------------------------------------------------------------------------------------------
+
+
+def _stacked_linear(*linears: torch.nn.Linear) -> torch.nn.Linear:
+    """One nn.Linear computing the given ones side by side (their outputs concatenated)."""
+    first = linears[0]
+    fused = torch.nn.Linear(first.in_features, sum(m.out_features for m in linears), bias=first.bias is not None,
+                            device=first.weight.device, dtype=first.weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([m.weight for m in linears]))
+        if first.bias is not None:
+            fused.bias.copy_(torch.cat([m.bias for m in linears]))
+    return fused.requires_grad_(False)
+
+
+class FusedCausalSelfAttention(mg2_lean.LeanCausalSelfAttention):
+    def project_qkv(self, x):
+        return self.qkv(x).chunk(3, dim=-1)
+
+
+class FusedActionModule(mg2_lean.LeanActionModule):
+    def mouse_hidden(self, x, windows):
+        """[hidden ‖ window] @ W.T as hidden @ W_h.T + (window @ W_w.T + b): the window part is one row per frame,
+        broadcast over its tokens, so no [F·S, dim + 24] concatenation is built and the GEMM's K is dim."""
+        f = windows.size(0)
+        per_frame_bias = torch.nn.functional.linear(windows, self.mouse_in_window, self.mouse_mlp[0].bias)
+        return torch.nn.functional.linear(x.view(f, -1, x.size(-1)), self.mouse_in_hidden) + per_frame_bias[:, None]
+
+
+def fuse_causal_kernels(pipe, gelu_epilogue: bool = True):
+    """Matrix-Game-2 on the lean model (stage 03): the Triton norm+modulate (per frame) and RMSNorm+RoPE kernels,
+    one QKV GEMM per self-attention, the mouse MLP's input GEMM without its concatenation, and where it measures
+    faster the FFN's GELU in the up-projection's epilogue."""
+    model = pipe.model
+    for block in model.blocks:
+        sa = block.self_attn
+        sa.qkv = _stacked_linear(sa.q, sa.k, sa.v)
+        del sa.q, sa.k, sa.v
+        sa.__class__ = FusedCausalSelfAttention
+        if gelu_epilogue:
+            block.ffn.__class__ = GeluEpilogueFFN
+        action = block.action_model
+        if action is not None and action.config.enable_mouse:
+            first = action.mouse_mlp[0]
+            dim = first.in_features - action.window * action.config.mouse_dim_in
+            action.mouse_in_hidden = first.weight[:, :dim].detach().contiguous()
+            action.mouse_in_window = first.weight[:, dim:].detach().contiguous()
+            action.__class__ = FusedActionModule
+        elif action is not None:
+            action.__class__ = FusedActionModule
+    mg2_lean.set_parts(model, kernels=TRITON_KERNELS)
     pipe.gelu_epilogue = gelu_epilogue
     return pipe
