@@ -338,8 +338,33 @@ def _(q, k, v):
     return q.new_empty(q.shape[:-1] + v.shape[-1:])
 
 
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q·kᵀ/√d)·v written out on [B, L, heads, head_dim]: two batched bf16 GEMMs (fp32 accumulation, as
+    every kernel here) around an fp32 softmax."""
+    scores = torch.einsum("bqhd,bkhd->bhqk", q * q.size(-1) ** -0.5, k).float()
+    return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1).to(v.dtype), v)
+
+
+def inductor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """explicit_attention compiled by Inductor (one graph per shape): for the Matrix-Game-2 action module's tiny
+    attentions (per location 3 queries over 6 cached frames) the fused kernels around two cuBLAS batched GEMMs
+    beat the flash kernels' tile setup. Matrix-Game-2 meets about ten shapes and strides (mouse, keyboard, cross;
+    cache filling or full; folded segments), so the recompile limit is raised above Dynamo's default of 8 for it."""
+    global _compiled_explicit
+    if _compiled_explicit is None:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        _compiled_explicit = torch.compile(explicit_attention, dynamic=False)
+    return _compiled_explicit(q, k, v)
+
+
+_compiled_explicit = None
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str | None = "flash") -> torch.Tensor:
-    """Non-causal attention on [B, L, heads, head_dim] with a named kernel: an SDPA backend, "flex" or "fa4"."""
+    """Non-causal attention on [B, L, heads, head_dim] with a named kernel: an SDPA backend, "flex", "fa4", or
+    "inductor" (small shapes only: it materializes the scores)."""
+    if backend == "inductor":
+        return inductor_attention(q, k, v)
     if backend == "flex":
         return flex_attention_bhsd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
     if backend == "fa4":
@@ -350,12 +375,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str | 
 ATTENTION_BACKENDS = (*SDPA_BACKENDS, "flex")  # what torch itself ships
 EXTERNAL_BACKENDS = ("fa4",)  # kernels from packages of their own, used where installed
 KNOWN_BACKENDS = (*ATTENTION_BACKENDS, *EXTERNAL_BACKENDS)
+# Written-out attention: it stores the [L_q, L_k] scores, so it competes only where L_k is small (the action
+# module's cached frames, the 257 CLIP tokens), never at the self-attention shapes of the ceilings.
+SMALL_SHAPE_BACKENDS = ("inductor",)
 
 
 def check_attention_backend(backend: str) -> str:
     """The name itself, or a ValueError that lists the names wanopt knows."""
-    if backend not in KNOWN_BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; choose from {', '.join(KNOWN_BACKENDS)}")
+    if backend not in KNOWN_BACKENDS + SMALL_SHAPE_BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose from {', '.join(KNOWN_BACKENDS)} (and "
+                         f"{', '.join(SMALL_SHAPE_BACKENDS)} where the keys are few)")
     return backend
 
 

@@ -5,7 +5,8 @@
 applies the stages with the given options (the capture passes the ones it chose), makes block 0 of a video and
 prints one JSON line: the wall-clock time at which block 0 was out and the phases. The capture runs it as a child
 and subtracts its own launch time, so interpreter start and imports are inside the number; so are torch.compile
-and the CUDA-graph captures of block 0 (upstream's first block stalls 1-2 minutes on the same work).
+and the CUDA-graph captures of block 0 (upstream's first block stalls 1-2 minutes on the same work), with empty
+Inductor and Triton caches: nothing compiled earlier in the run is reused.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ PROCESS_START = time.time()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import warnings  # noqa: E402
 
 
@@ -25,8 +28,10 @@ def cold_start(workload: str, stages: list[str], options: dict, seed: int = 0, c
     """Measured in a child process (see the module docstring); the child's phases plus `process_to_first_block_s`."""
     cmd = [sys.executable, "-m", "wanopt.profiling.cold_start", "--workload", workload, "--stages", ",".join(stages),
            "--options", json.dumps(options), "--seed", str(seed)] + (["--checkpoint", checkpoint] if checkpoint else [])
-    launched = time.time()
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as cache:  # cold: no Inductor or Triton cache from this run's compiles
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor", "TRITON_CACHE_DIR": f"{cache}/triton"}
+        launched = time.time()
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         return {"error": (done.stderr or done.stdout)[-2000:]}
     out = json.loads(done.stdout.strip().splitlines()[-1])

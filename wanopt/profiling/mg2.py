@@ -58,7 +58,7 @@ class MG2Runner:
         return {"tokens": self.f * self.s, "keys": self.window_frames * self.s, "cfg_batch": 1, "dim": c.dim,
                 "ffn_dim": c.ffn_dim, "heads": c.num_heads, "head_dim": c.head_dim, "text_len": c.clip_tokens,
                 "frame_tokens": self.s, "frames": self.f, "window": self.window_frames, "action_heads": a.heads_num,
-                "action_head_dim": a.keyboard_hidden_dim // a.heads_num}
+                "action_head_dim": a.keyboard_hidden_dim // a.heads_num, "mouse": a.enable_mouse}
 
     def measure_ceilings(self) -> dict:
         c = self.config

@@ -91,7 +91,7 @@ MG2_STAGES: list[Stage] = [
     Stage("03_dtype_hygiene", mg2_lean_numerics, "fp32 RoPE rows per block instead of complex128 per call, one-pass "
           "modulation, no packing or casts around attention, action windows sliced once per block", False, 5e-2),
     Stage("04_attention", mg2_attention_kernels, "the fastest attention kernel at each MG2 shape (self, cross, "
-          "action)", False, 5e-2, choose=choose_mg2_attention),
+          "action)", False, 5e-2, choose=choose_mg2_attention, compiles=True),
     Stage("05_fusion", fuse_causal_kernels, "Triton norm+modulate and RMSNorm+RoPE, one QKV GEMM, the mouse MLP "
           "without its concatenation, GELU in the GEMM epilogue where it pays", False, 5e-2, choose=choose_fusion),
     Stage("06_compile", compile_causal_parts, "torch.compile of each block piece between the cached attentions",

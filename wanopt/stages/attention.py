@@ -12,7 +12,7 @@ kernel has been measured at ~576 TFLOP/s against FA2's ~365 at L = 32,760, i.e. 
 
 from __future__ import annotations
 
-from ..models.layers import KNOWN_BACKENDS
+from ..models.layers import KNOWN_BACKENDS, SMALL_SHAPE_BACKENDS
 
 # Without measurements (the CPU, the tiny-model tests): SDPA's default dispatch, what upstream falls back to.
 UNMEASURED_BACKEND = "flash"
@@ -65,25 +65,27 @@ def attention_kernel(pipe, backend: str = "cudnn"):
 # -- Matrix-Game-2: one kernel per attention shape ----------------------------------------------------------------
 
 
-def action_attention_timings(shapes: dict, backends=KNOWN_BACKENDS, repeats: int = 20) -> dict:
-    """Median ms of each kernel at the action module's two shapes on this GPU (None where it fails there): mouse,
-    per location [S, F, heads, d] over [S, W, heads, d]; keyboard, every token [1, F·S, heads, d] over the cached
-    frames [1, W, heads, d]. Short kernels: each time is one batch of back-to-back calls between two events."""
+def small_attention_timings(shapes: dict, backends=KNOWN_BACKENDS + SMALL_SHAPE_BACKENDS, repeats: int = 20) -> dict:
+    """Median ms of each kernel at Matrix-Game-2's attention shapes with few keys, on this GPU (None where a kernel
+    fails there, with the reason): cross, every token [1, F·S, heads, d] over the CLIP tokens; mouse, per location
+    [S, F, heads, d] over [S, W, heads, d]; keyboard, every token [1, F·S, heads, d] over the cached frames
+    [1, W, heads, d]. Each time is one call between two CUDA events, after three untimed ones (compile)."""
     import torch
 
     from ..measure import median_ms
     from ..models.layers import attention
 
     s, f, w, h, d = (shapes[k] for k in ("frame_tokens", "frames", "window", "action_heads", "action_head_dim"))
+    heads, head_dim, clip = shapes["heads"], shapes["head_dim"], shapes["text_len"]
     bf16 = dict(device="cuda", dtype=torch.bfloat16)
-    cases = {"mouse": ((s, f, h, d), (s, w, h, d)), "keyboard": ((1, f * s, h, d), (1, w, h, d))}
+    cases = {"cross": ((1, f * s, heads, head_dim), (1, clip, heads, head_dim)),
+             "mouse": ((s, f, h, d), (s, w, h, d)), "keyboard": ((1, f * s, h, d), (1, w, h, d))}
     out = {}
     for name, (qs, ks) in cases.items():
         q, k, v = torch.randn(qs, **bf16), torch.randn(ks, **bf16), torch.randn(ks, **bf16)
         out[name] = {}
         for backend in backends:
             try:
-                attention(q, k, v, backend)
                 out[name][backend] = median_ms(lambda: attention(q, k, v, backend), n=repeats)
             except Exception as exc:  # a kernel that does not take this shape: recorded, out of the running
                 out[name][backend] = None
@@ -91,11 +93,21 @@ def action_attention_timings(shapes: dict, backends=KNOWN_BACKENDS, repeats: int
     return out
 
 
+def _fastest(times: dict, *cases: str) -> str:
+    """The kernel with the least total time over the cases among those that ran at all of them."""
+    total = {k: sum(times[c][k] for c in cases) for k in times[cases[0]]
+             if not k.endswith("_error") and all(times[c].get(k) for c in cases)}
+    if not total:
+        raise ValueError(f"no attention kernel ran at every shape of {cases}: {times}")
+    return min(total, key=total.get)
+
+
 def choose_mg2_attention(ctx):
-    """A kernel per Matrix-Game-2 attention shape: self-attention over the window and cross-attention over the CLIP
-    tokens from the run's ceilings (the fastest at each shape), the action module's attention by timing each
-    kernel at its shapes (the slower of mouse and keyboard decides); the forced kernel everywhere where one is
-    given; SDPA's default without a GPU. One kernel serves mouse and keyboard: the least time on both."""
+    """A kernel per Matrix-Game-2 attention shape: self-attention over the window from the run's ceilings (the
+    fastest there); cross-attention over the CLIP tokens and the action module's attention (mouse and keyboard share
+    one kernel: the least time on both) by timing each kernel at those shapes, the written-out "inductor" attention
+    among them; the forced kernel everywhere where one is given; SDPA's default without a GPU. The times are GPU
+    times: in the final, graph-replayed pipeline no launch cost is left."""
     from .base import Choice
 
     forced = ctx.forced.get("attention_backend")
@@ -106,16 +118,11 @@ def choose_mg2_attention(ctx):
     if ctx.device != "cuda" or not measured:
         return Choice({"self_backend": UNMEASURED_BACKEND, "cross_backend": UNMEASURED_BACKEND,
                        "action_backend": UNMEASURED_BACKEND}, {"measured": False})
-    cross = {k: v for k, v in ceil.get("attention_cross", {}).items() if k in KNOWN_BACKENDS and v}
-    action = action_attention_timings(ctx.shapes)
-    total = {k: action["mouse"][k] + action["keyboard"][k] for k in KNOWN_BACKENDS
-             if action["mouse"].get(k) and action["keyboard"].get(k)}
-    if not total:
-        raise ValueError(f"no attention kernel ran at both action shapes: {action}")
-    options = {"self_backend": max(measured, key=measured.get),
-               "cross_backend": max(cross, key=cross.get) if cross else max(measured, key=measured.get),
-               "action_backend": min(total, key=total.get)}
-    return Choice(options, {"measured": True, "self_tflops": measured, "cross_tflops": cross, "action_ms": action})
+    small = small_attention_timings(ctx.shapes)
+    action = ("mouse", "keyboard") if ctx.shapes.get("mouse", True) else ("keyboard",)
+    options = {"self_backend": max(measured, key=measured.get), "cross_backend": _fastest(small, "cross"),
+               "action_backend": _fastest(small, *action)}
+    return Choice(options, {"measured": True, "self_tflops": measured, "small_shapes_ms": small})
 
 
 def mg2_attention_kernels(pipe, self_backend: str = "cudnn", cross_backend: str = "cudnn",
