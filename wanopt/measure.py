@@ -60,6 +60,21 @@ def median_ms(fn, *args, n: int = 20) -> float:
     return statistics.median(cuda_time_ms(lambda: fn(*args), repeats=n))
 
 
+def graph_time_ms(fn, calls: int = 20, repeats: int = 5) -> float:
+    """GPU time of one fn() in ms, without the host's launch cost: `calls` calls recorded in one CUDA graph (after 3
+    eager ones: compile, autotuning), the median of `repeats` replays divided by `calls`. For kernels that will run
+    inside a CUDA graph, whose eager time between two events would be mostly launch latency."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    return statistics.median(cuda_time_ms(graph.replay, repeats=repeats)) / calls
+
+
 def compile_seconds(warmup_ms: float, median_ms: float) -> float:
     """What the first call cost beyond a timed one (compile, autotune, graph capture), in seconds."""
     return max(0.0, warmup_ms - median_ms) / 1e3
