@@ -328,3 +328,26 @@ def test_mg2_stage_numbers_come_from_the_manifests():
         assert table.loc[stage, "block median"] == round(m["timing"]["median"], 1)
         assert table.loc[stage, "first block"] == round(m["first_block"]["timing"]["median"], 1)
         assert table.loc[stage, "x0 error"] == m["error_vs_baseline"]["value"]
+
+
+def test_mg2_block_budget_adds_up_to_the_block_and_to_the_manifests_floor():
+    from wanopt.profiling import report
+
+    budget = report.mg2_block_budget("mg2-universal", "07_cuda_graphs")
+    m = analysis.load_manifest("mg2-universal", "07_cuda_graphs")
+    # rounded to 0.1 ms per row: sums agree within the rounding of the rows
+    assert abs(budget.loc["block (profiled)", "floor ms"] - m["kernel_floor_ms"]) <= 0.15
+    parts = budget.drop("block (profiled)")
+    assert abs(parts["measured ms"].sum() - budget.loc["block (profiled)", "measured ms"]) <= 0.3
+    assert (parts["measured ms"] >= 0).all() and budget.loc["GEMM", "measured ms"] > 0
+
+
+def test_mg2_cold_starts_are_the_stages_that_measured_one():
+    from wanopt.profiling import report
+
+    table = report.mg2_cold_starts("mg2-universal")
+    measured = [s for s in analysis.stage_table("mg2-universal").index
+                if analysis.load_manifest("mg2-universal", s).get("cold_start")]
+    assert list(table.index) == measured and measured
+    phases = table["build s"] + table["apply stages s"] + table["block 0 (compile, graph capture) s"]
+    assert (table["process → block 0 out s"] >= phases - 0.2).all()  # the phases are inside the child's lifetime

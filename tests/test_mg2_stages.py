@@ -21,7 +21,7 @@ TINY_TEMPLERUN = dataclasses.replace(MG2_TINY, name="mg2-tiny-templerun", denois
                                      action=dataclasses.replace(MG2_TINY.action, enable_mouse=False,
                                                                 keyboard_dim_in=7))
 CONFIGS = [MG2_TINY, TINY_GTA, TINY_TEMPLERUN]
-BLOCKS = 5  # universal's window holds 2 blocks, gta's 4 frames: both evict from block 2 on
+BLOCKS = 4  # universal's window holds 2 blocks (evicts in blocks 2 and 3, both ring positions), gta's 4 frames (from block 1)
 FP32_ROUNDING = 1e-5  # fp32 attention summed in another key order, through 2 layers and 5 blocks of 4-5 evals
 
 

@@ -154,9 +154,32 @@ def load_run(workload: str, root=None) -> dict:
     return json.loads(path.read_text())
 
 
+def _widen_hta_correlation():
+    """Work around a bug of HTA (traceinsight 0.6.1) under pandas 3. Its parser downcasts every integer column to
+    the smallest type that holds it, then `hta.common.trace.transform_correlation_to_index` starts the column
+    `index_correlation` (each launch's kernel row and back) as a copy of `correlation` and writes row numbers into
+    it. In a trace with few launches (a CUDA-graph replay: mg2-universal 07_cuda_graphs and 08_fold_refresh) the
+    correlation ids fit int16 but the row numbers do not, and pandas 3 refuses the lossy write ("Invalid value
+    ... for dtype 'int16'"). Widening `correlation` first changes nothing else: HTA downcasts the result again."""
+    import hta.common.trace as hta_trace
+
+    original = hta_trace.transform_correlation_to_index
+    if getattr(original, "wanopt_widened", False):
+        return
+
+    def transform_correlation_to_index(df, symbol_table):
+        if "correlation" in df.columns:
+            df["correlation"] = df["correlation"].astype("int64")
+        return original(df, symbol_table)
+
+    transform_correlation_to_index.wanopt_widened = True
+    hta_trace.transform_correlation_to_index = transform_correlation_to_index
+
+
 @functools.lru_cache(maxsize=16)
 def _load(trace_dir: str):
     quiet()
+    _widen_hta_correlation()
     from hta.trace_analysis import TraceAnalysis
 
     # the profiled steps are the last ones in the file: HTA would drop the last ProfilerStep by default

@@ -57,7 +57,7 @@ def main(argv=None):
 
     imported = time.time()
     wl = get_workload(args.workload)
-    pipe = CausalPipeline(wl.config, device="cuda", seed=args.seed, checkpoint=args.checkpoint)
+    pipe = CausalPipeline(wl.config, seed=args.seed, checkpoint=args.checkpoint)  # the GPU where there is one
     built = time.time()
     options = json.loads(args.options)
     for name in args.stages.split(","):
@@ -65,7 +65,8 @@ def main(argv=None):
     applied = time.time()
     state = pipe.start(2, seed=args.seed)
     pipe.next_block(state)
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     out = time.time()
     print(json.dumps({"first_block_out": out, "interpreter_s": t0 - PROCESS_START, "import_s": imported - t0,
                       "build_s": built - imported, "apply_s": applied - built, "first_block_s": out - applied}))

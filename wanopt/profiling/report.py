@@ -258,10 +258,13 @@ def tiny_mg2_eviction_error(config: str = "mg2-tiny", seed: int = 0) -> float:
 
 
 @torch.no_grad()
-def tiny_mg2_stage_errors(upto: str, blocks: int = 5, config: str = "mg2-tiny", seed: int = 0) -> pd.DataFrame:
+def tiny_mg2_stage_errors(upto: str, blocks: int = 4, config: str = "mg2-tiny", seed: int = 0,
+                          since: str | None = None) -> pd.DataFrame:
     """Live, on the CPU: the tiny Matrix-Game-2 pipeline in fp32 (attention too), the stages applied one by one up
-    to `upto`, and after each the relative L2 of a whole video's latents (`blocks` blocks: the window evicts from
-    the third on) against the reference's, with the stage's tolerance, and the `.item()` calls per block."""
+    to `upto`, and after each (from `since` on, default every one) the relative L2 of a whole video's latents
+    (`blocks` blocks: the window evicts from the third on) against the reference's, with the stage's tolerance, and
+    the `.item()` calls per block. Stages before `since` are applied without making their video (on the CPU the
+    Triton kernels of 05_fusion run in Triton's interpreter, about a minute per video)."""
     from ..models.layers import set_compute_dtype
     from ..pipelines.causal import CausalPipeline
     from ..stages import apply_stage, stages_up_to, tolerance_at
@@ -277,8 +280,12 @@ def tiny_mg2_stage_errors(upto: str, blocks: int = 5, config: str = "mg2-tiny", 
     base, base_items = video()
     rows = [{"after stage": "00_baseline", "video latents rel L2": "0 (reference)", "tolerance": "0",
              ".item() calls per block": base_items, "within": "yes"}]
-    for stage in stages_up_to(upto, "mg2-universal")[1:]:
+    stages = stages_up_to(upto, "mg2-universal")[1:]
+    first = 0 if since is None else [s.name for s in stages].index(since)
+    for i, stage in enumerate(stages):
         pipe = apply_stage(pipe, stage, stage.options().options)
+        if i < first:
+            continue
         out, items = video()
         err, tol = rel_l2(out, base), tolerance_at(stage.name, "mg2-universal")
         rows.append({"after stage": stage.name, "video latents rel L2": sci(err), "tolerance": f"{tol:g}",
@@ -299,3 +306,41 @@ def mg2_stage_numbers(workload: str, stages, root=None) -> pd.DataFrame:
                        "eval velocity error": e.get("eval_velocity_relative_l2")}
     return pd.DataFrame(rows).T.round({"block min": 1, "block median": 1, "block max": 1, "first block": 1,
                                        "one eval": 1})
+
+
+def mg2_block_budget(workload: str, stage: str, occurrence: int = 2, root=None) -> pd.DataFrame:
+    """Where one profiled Matrix-Game-2 block's GPU time goes (occurrence 2: the steady-state block), against its
+    kernel floor: GEMMs (the linear and action FLOPs at the run's bf16 GEMM ceiling), attention (its FLOPs at the
+    fastest attention kernel of the run's ceilings), the kernels with no FLOP floor (norms, elementwise, casts,
+    copies), and the time inside the block with no kernel running (gaps between launches)."""
+    m = analysis.load_manifest(workload, stage, root)
+    trace = analysis.load_trace(workload, stage, root)
+    start, end = analysis.window(trace, "mg2_block", occurrence)
+    cats = analysis.category_breakdown(analysis.in_window(analysis.kernels(trace), (start, end)))["ms"]
+    flops, evals, ceil = m["flops_per_eval"], m["evals_per_block"], m["ceilings"]
+    rows = {
+        "GEMM": (cats["GEMM"], evals * (flops["linear"] + flops["action"]) / ceil["gemm_tflops"] / 1e9),
+        "attention": (cats["attention"], evals * flops["attention"] / ceil["attention_tflops"] / 1e9),
+        "norms, elementwise, casts, copies": (cats.drop(["GEMM", "attention"]).sum(), 0.0),
+    }
+    rows["no kernel running"] = ((end - start) / 1e3 - sum(ms for ms, _ in rows.values()), 0.0)
+    out = pd.DataFrame(rows, index=["measured ms", "floor ms"]).T
+    out.loc["block (profiled)"] = out.sum()
+    out["over floor ms"] = out["measured ms"] - out["floor ms"]
+    return out.round(1)
+
+
+def mg2_cold_starts(workload: str, root=None) -> pd.DataFrame:
+    """Per stage whose run measured it: process start to block 0 out in a fresh process (empty compile caches),
+    and its phases, seconds; next to the steady and first block of the same stage, ms."""
+    rows = {}
+    for stage in analysis.stage_table(workload, root=root).index:
+        m = analysis.load_manifest(workload, stage, root)
+        cold = m.get("cold_start")
+        if not cold or "error" in cold:
+            continue
+        rows[stage] = {"process → block 0 out s": cold["process_to_first_block_s"], "build s": cold["build_s"],
+                       "apply stages s": cold["apply_s"], "block 0 (compile, graph capture) s": cold["first_block_s"],
+                       "first block ms (warm)": m["first_block"]["timing"]["median"],
+                       "steady block ms": m["timing"]["median"]}
+    return pd.DataFrame(rows).T.round(1)
