@@ -1,6 +1,7 @@
-"""python -m wanopt capture | render | table | stages | workloads
+"""python -m wanopt capture | generate | render | table | stages | workloads
 
   capture    time and profile a workload's stages on a CUDA GPU: ceilings, CUDA-event timing, traces, manifests
+  generate   make one video of a workload (random weights or a checkpoint): an mp4 and a JSON of phase timings
   render     execute every notebook on this machine (CPU is enough) and write its outputs and build/html/
   table      the results table from the committed manifests (markdown, as in the README, or JSON rows)
   stages     the optimization stages of each family, in order
@@ -28,10 +29,12 @@ def _stage_lines() -> list[str]:
 
 def _parser() -> argparse.ArgumentParser:
     from .configs import WORKLOADS
+    from .generate import add_arguments as add_generate_arguments
 
     parser = argparse.ArgumentParser(prog="python -m wanopt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{capture,render,table,stages,workloads}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{capture,generate,render,table,stages,workloads}")
     cap = sub.add_parser(
         "capture", help="time and profile a workload's stages (needs a CUDA GPU)",
         description="Time and profile a workload's stages on a CUDA GPU: per stage a manifest and a torch.profiler "
@@ -50,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
                           "compile)")
     cap.add_argument("--attention-backend", default=None,
                      help="force the attention stage's kernel instead of the fastest measured, e.g. fa4")
+    gen = sub.add_parser(
+        "generate", help="make one video of a workload: an mp4 and a JSON of its timings",
+        description="Make one video of a workload on this machine (a CUDA GPU if there is one, else the CPU) and "
+                    "write it as an mp4 with OUT.json beside it: per-phase timings, stages, seed, frames, fps and "
+                    "whether the weights were random. Without --checkpoint every model is seeded random: the video "
+                    "is noise. The request is checked before any model is built.")
+    add_generate_arguments(gen)
     ren = sub.add_parser("render", help="execute the notebooks and write build/html/",
                          description="Execute the notebooks on this machine (they read committed traces and run "
                                      "tiny models: no GPU needed), write their outputs in place and build/html/.")
@@ -81,6 +91,10 @@ def main(argv=None) -> int:
     if args.command == "stages":
         print("\n".join(_stage_lines()))
         return 0
+    if args.command == "generate":
+        from .generate import run
+
+        return run(args)
     if args.command == "workloads":
         from .configs import WORKLOADS
 
