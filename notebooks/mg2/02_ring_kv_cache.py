@@ -39,7 +39,7 @@ STEADY = 3  # ProfilerStep of the steady-state block (1: the first block, 2: the
 
 # %% [markdown]
 # ## Correctness on the tiny model (live, CPU)
-# The tiny Matrix-Game-2 pipeline in fp32 (attention too), a video of five blocks: the ring holds the evicting
+# The tiny Matrix-Game-2 pipeline in fp32 (attention too), a video of four blocks: the ring holds the evicting
 # window, and what is left is the order in which the kernel sums. `tests/test_mg2_stages.py` checks the same on the
 # gta-like (4-frame window, wrapping ring) and keyboard-only configs, and that the ring holds exactly upstream's
 # frames after every block.
