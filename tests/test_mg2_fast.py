@@ -50,6 +50,14 @@ def test_block_keys_name_the_ring_position_and_repeat_with_it():
     assert w == 6
 
 
+def test_a_blocks_key_says_whether_its_refresh_is_folded():
+    """Block 0 of a folded video ends without a refresh, block 0 of a plain one with it: one graph cannot serve both
+    (stage 08 applied after 07 must record its own)."""
+    plain, folded = lean(), lean(upto="08_fold_refresh")
+    keys = [p.prepare_block(p.start(2, seed=1))[2] for p in (plain, folded)]
+    assert keys[0] != keys[1] and keys[0][2] == keys[1][2]
+
+
 def test_the_folded_refresh_runs_one_eval_fewer_per_block_and_the_same_video():
     plain, folded = lean(), lean(upto="08_fold_refresh")
     calls = []

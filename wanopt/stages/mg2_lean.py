@@ -334,7 +334,8 @@ class LeanCausalPipeline(CausalPipeline):
             tensors["previous_x0"] = state.output[:, :, s - f:s]
             tensors["fold_cond_concat"] = state.cond_concat[:, :, s - f:s + f]
             tensors["fold_inputs"] = self.model.block_inputs(s - f, 2 * f, state.mouse, state.keyboard)
-        return segments, tensors, ("fold" if fold else "block", self.block_key(segments))
+        # the refresh at the end of the body depends on fold_refresh too (block 0 of a folded video has none)
+        return segments, tensors, ("fold" if fold else "block", self.fold_refresh, self.block_key(segments))
 
     def block_timesteps(self):
         """Per-frame timestep rows of each denoising eval and of the cache refresh (upstream's float32), built
