@@ -50,10 +50,10 @@ def compile_causal_parts(pipe, mode: str | None = None):
     one compiled graph per piece and shape (the denoising evals and the folded first eval of stage 08: two)."""
     from types import SimpleNamespace
 
-    from . import mg2_lean
+    from .mg2_lean import EAGER_PARTS, set_parts
 
     compiled = {name: torch.compile(fn, dynamic=False, mode=mode)
-                for name, fn in vars(mg2_lean.EAGER_PARTS).items() if callable(fn)}
-    mg2_lean.set_parts(pipe.model, parts=SimpleNamespace(**compiled, name="compiled"))
+                for name, fn in vars(EAGER_PARTS).items() if callable(fn)}
+    set_parts(pipe.model, parts=SimpleNamespace(**compiled, name="compiled"))
     pipe.compiled = "regional"
     return pipe

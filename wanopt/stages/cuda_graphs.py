@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from . import mg2_lean
+from .mg2_lean import LeanCausalPipeline
 
 
 class GraphedDiT(torch.nn.Module):
@@ -123,7 +123,7 @@ def causal_cuda_graphs(pipe):
     folded first eval of stage 08 adds its own); one eval called alone (pipe.velocity) replays its own graph. The
     host prepares a block's tensors (noise, RoPE rows, action windows) before the replay and does nothing between
     its evals. Exact: the same kernels on the same data. Needs CUDA; on the CPU the blocks run eagerly."""
-    if not isinstance(pipe, mg2_lean.LeanCausalPipeline):
+    if not isinstance(pipe, LeanCausalPipeline):
         raise TypeError("causal_cuda_graphs needs the lean Matrix-Game-2 pipeline: apply 03_dtype_hygiene first")
     if pipe.device.type == "cuda":
         pipe.graphs = BlockGraphs(lambda: [t for c in pipe.cache.buffers() for t in (c.k, c.v)])
@@ -131,7 +131,7 @@ def causal_cuda_graphs(pipe):
     return pipe
 
 
-class GraphedCausalPipeline(mg2_lean.LeanCausalPipeline):
+class GraphedCausalPipeline(LeanCausalPipeline):
     """The lean pipeline with its blocks and its single evals replayed from BlockGraphs (`pipe.graphs`)."""
 
     def run_block(self, key, segments, tensors):

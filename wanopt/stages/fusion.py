@@ -34,7 +34,7 @@ import torch
 from ..models.layers import AutocastLinear
 from ..kernels import use_triton  # importing it registers the wanopt:: custom ops
 from ..measure import median_ms, rel_l2
-from . import mg2_lean
+from .mg2_lean import LeanActionModule, LeanCausalSelfAttention, set_parts
 from .dtype_hygiene import LeanCrossAttention, LeanSelfAttention, norm_modulate, qk_norm_rope
 
 
@@ -164,12 +164,12 @@ def _stacked_linear(*linears: torch.nn.Linear) -> torch.nn.Linear:
     return fused.requires_grad_(False)
 
 
-class FusedCausalSelfAttention(mg2_lean.LeanCausalSelfAttention):
+class FusedCausalSelfAttention(LeanCausalSelfAttention):
     def project_qkv(self, x):
         return self.qkv(x).chunk(3, dim=-1)
 
 
-class FusedActionModule(mg2_lean.LeanActionModule):
+class FusedActionModule(LeanActionModule):
     def mouse_hidden(self, x, windows):
         """[hidden ‖ window] @ W.T as hidden @ W_h.T + (window @ W_w.T + b): the window part is one row per frame,
         broadcast over its tokens, so no [F·S, dim + 24] concatenation is built and the GEMM's K is dim."""
@@ -199,6 +199,6 @@ def fuse_causal_kernels(pipe, gelu_epilogue: bool = True):
             action.__class__ = FusedActionModule
         elif action is not None:
             action.__class__ = FusedActionModule
-    mg2_lean.set_parts(model, kernels=TRITON_KERNELS)
+    set_parts(model, kernels=TRITON_KERNELS)
     pipe.gelu_epilogue = gelu_epilogue
     return pipe
