@@ -26,11 +26,11 @@ def _inputs():
     return x, torch.tensor([900.0, 900.0]), torch.randn(2, 7, CONFIG.text_dim, generator=g)
 
 
-def _rank(rank, world, store, result_path, fused, swap):
+def _rank(rank, world, store, result_path, fused, swap, backend="gloo"):
     from wanopt.stages.dtype_hygiene import lean_model
     from wanopt.stages import sequence_parallel as sp
 
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
         model = lean_model(fp32_model(CONFIG))
@@ -39,6 +39,10 @@ def _rank(rank, world, store, result_path, fused, swap):
 
             fuse_model(model, gelu_epilogue=False)
         x, t, ctx = _inputs()
+        if backend == "nccl":  # one GPU per rank; fp32 needs an SDPA kernel that takes it
+            torch.cuda.set_device(rank)
+            model.cuda().set_attention_backend("efficient")
+            x, t, ctx = x.cuda(), t.cuda(), ctx.cuda()
         with torch.no_grad():
             ref = model(x, t, ctx)
             sp.sequence_parallel_model(model)
@@ -47,14 +51,16 @@ def _rank(rank, world, store, result_path, fused, swap):
                 sp.heads_to_seq = lambda y, group=None: original(y.roll(1, dims=2), group)
             out = model(x, t, ctx)
         if rank == 0:
-            torch.save({"ref": ref, "out": out}, result_path)
+            torch.save({"ref": ref.cpu(), "out": out.cpu()}, result_path)
     finally:
         dist.destroy_process_group()
 
 
-def run(world, tmp_path, fused=False, swap=False):
-    out = tmp_path / "result.pt"
-    mp.spawn(_rank, args=(world, str(tmp_path / "store"), str(out), fused, swap), nprocs=world, join=True)
+def run(world, tmp_path, fused=False, swap=False, backend="gloo"):
+    name = f"{world}-{fused}-{swap}-{backend}"  # a file store serves one process group: one per run
+    out = tmp_path / f"result-{name}.pt"
+    mp.spawn(_rank, args=(world, str(tmp_path / f"store-{name}"), str(out), fused, swap, backend), nprocs=world,
+             join=True)
     return torch.load(out)
 
 
@@ -73,6 +79,17 @@ def test_sharded_fused_forward_equals_the_single_process_one(tmp_path):
 def test_heads_on_the_wrong_rank_are_far_outside_the_tolerance(tmp_path):
     r = run(2, tmp_path, swap=True)
     assert rel_l2(r["out"], r["ref"]) > 1e3 * FP32_ROUNDING
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_sharded_forward_over_nccl_on_two_gpus(tmp_path, monkeypatch):
+    """The same check with NCCL's all-to-all between two GPUs (NVLink multicast left off, children included)."""
+    for key, value in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"),
+                       ("NVSHMEM_DISABLE_NVLS", "1")):
+        monkeypatch.setenv(key, value)
+    for fused in (False, True):
+        r = run(2, tmp_path, fused=fused, backend="nccl")
+        assert rel_l2(r["out"], r["ref"]) <= FP32_ROUNDING
 
 
 def test_world_size_must_divide_the_heads_and_a_group_must_exist():
