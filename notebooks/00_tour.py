@@ -132,8 +132,8 @@ print("t2v-1.3b-480p:", " → ".join(s.name for s in stage_order("t2v-1.3b-480p"
 print("t2v-a14b-480p:", " → ".join(s.name for s in stage_order("t2v-a14b-480p")))
 
 # %% [markdown]
-# Matrix-Game-2's stages so far (the reference, then its KV caches without host syncs and without rolling); the rest
-# of its optimization stages come next:
+# Matrix-Game-2's stages, from upstream's block loop to one CUDA graph per block (and the cache refresh folded into
+# the next block's first eval):
 
 # %%
 pd.DataFrame([{"stage": s.name, "what": s.title, "notebook": f"mg2/{s.name}"} for s in MG2_STAGES]).set_index("stage")
@@ -145,8 +145,8 @@ pd.DataFrame([{"stage": s.name, "what": s.title, "notebook": f"mg2/{s.name}"} fo
 #   against the previous stage's.
 # - `t2v/summary`: baseline to final for every workload, against the diffusers peer and the targets
 #   (`wanopt/targets.py`).
-# - `mg2/00_baseline`: the Matrix-Game-2 causal model, block by block; `mg2/01_host_cache_indices` and
-#   `mg2/02_ring_kv_cache`: its first stages.
+# - `mg2/00_baseline`: the Matrix-Game-2 causal model, block by block; `mg2/01_host_cache_indices` …
+#   `mg2/08_fold_refresh`: its stages; `mg2/summary`: baseline to final against the targets.
 #
 # Real checkpoints: `WanT2V("wan2.2-t2v-a14b", checkpoint_dir="/path/to/Wan2.2-T2V-A14B")` (official layout) or a
 # diffusers repo folder; see the README.
