@@ -47,13 +47,15 @@ def qk_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, rope, heads:
 EAGER_KERNELS = SimpleNamespace(norm_modulate=norm_modulate, qk_norm_rope=qk_norm_rope, name="eager")
 
 
-def rope_cos_sin(freqs: torch.Tensor, grid: tuple[int, int, int], dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real cos/sin tables [f·h·w, 1, head_dim/2] for a grid, from the model's complex128 table."""
+def rope_cos_sin(freqs: torch.Tensor, grid: tuple[int, int, int], dtype, device,
+                 frame_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real cos/sin tables [f·h·w, 1, head_dim/2] for a grid whose time positions start at frame_offset, from the
+    model's complex128 table (computed where that table lives, float64 until the cos and sin)."""
     from ..models.layers import rope_split
 
     f, h, w = grid
     parts = freqs.split(rope_split(2 * freqs.size(1)), dim=1)
-    table = torch.cat([parts[0][:f].view(f, 1, 1, -1).expand(f, h, w, -1),
+    table = torch.cat([parts[0][frame_offset:frame_offset + f].view(f, 1, 1, -1).expand(f, h, w, -1),
                        parts[1][:h].view(1, h, 1, -1).expand(f, h, w, -1),
                        parts[2][:w].view(1, 1, w, -1).expand(f, h, w, -1)], dim=-1).reshape(f * h * w, 1, -1)
     angle = torch.angle(table)

@@ -60,13 +60,20 @@ TRITON_KERNELS = SimpleNamespace(norm_modulate=triton_norm_modulate, qk_norm_rop
 # -- fused projections ------------------------------------------------------------------------------------------
 
 
-def _fused_linear(*linears: AutocastLinear) -> AutocastLinear:
-    first = linears[0]
-    fused = AutocastLinear(first.in_features, sum(m.out_features for m in linears), compute_dtype=first.compute_dtype)
+def _fused_linear(*linears: torch.nn.Linear) -> torch.nn.Linear:
+    """One Linear of the same kind (AutocastLinear keeps its compute dtype) computing the given ones side by side:
+    their outputs concatenated."""
+    first, out = linears[0], sum(m.out_features for m in linears)
+    bias = first.bias is not None
+    if isinstance(first, AutocastLinear):
+        fused = AutocastLinear(first.in_features, out, bias, compute_dtype=first.compute_dtype)
+    else:
+        fused = torch.nn.Linear(first.in_features, out, bias)
     fused.to(device=first.weight.device, dtype=first.weight.dtype)
     with torch.no_grad():
         fused.weight.copy_(torch.cat([m.weight for m in linears]))
-        fused.bias.copy_(torch.cat([m.bias for m in linears]))
+        if bias:
+            fused.bias.copy_(torch.cat([m.bias for m in linears]))
     return fused.requires_grad_(False)
 
 
@@ -152,18 +159,6 @@ def fuse_kernels(pipe, gelu_epilogue: bool = True):
 # -- Matrix-Game-2 ----------------------------------------------------------------------------------------------
 
 
-def _stacked_linear(*linears: torch.nn.Linear) -> torch.nn.Linear:
-    """One nn.Linear computing the given ones side by side (their outputs concatenated)."""
-    first = linears[0]
-    fused = torch.nn.Linear(first.in_features, sum(m.out_features for m in linears), bias=first.bias is not None,
-                            device=first.weight.device, dtype=first.weight.dtype)
-    with torch.no_grad():
-        fused.weight.copy_(torch.cat([m.weight for m in linears]))
-        if first.bias is not None:
-            fused.bias.copy_(torch.cat([m.bias for m in linears]))
-    return fused.requires_grad_(False)
-
-
 class FusedCausalSelfAttention(LeanCausalSelfAttention):
     def project_qkv(self, x):
         return self.qkv(x).chunk(3, dim=-1)
@@ -185,7 +180,7 @@ def fuse_causal_kernels(pipe, gelu_epilogue: bool = True):
     model = pipe.model
     for block in model.blocks:
         sa = block.self_attn
-        sa.qkv = _stacked_linear(sa.q, sa.k, sa.v)
+        sa.qkv = _fused_linear(sa.q, sa.k, sa.v)
         del sa.q, sa.k, sa.v
         sa.__class__ = FusedCausalSelfAttention
         if gelu_epilogue:

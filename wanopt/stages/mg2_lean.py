@@ -36,11 +36,9 @@ from torch.profiler import record_function
 
 from ..models.action import ActionModule, action_rope_table
 from ..models.causal import CausalWanBlock, CausalWanModel, CrossAttnKV, ImageCrossAttention, CausalSelfAttention
-from ..models.layers import attention, rope_split, sinusoidal_embedding_1d
+from ..models.layers import attention, sinusoidal_embedding_1d
 from ..pipelines.causal import CausalPipeline
-from .dtype_hygiene import norm_modulate, qk_norm_rope
-
-EAGER_KERNELS = SimpleNamespace(norm_modulate=norm_modulate, qk_norm_rope=qk_norm_rope, name="eager")
+from .dtype_hygiene import EAGER_KERNELS, rope_cos_sin
 
 
 def attend_segments(cache, q, k, v, segments, q_per_frame: int, kv_per_frame: int, attention_fn):
@@ -239,18 +237,13 @@ class LeanCausalWanModel(CausalWanModel):
                 block.cross_attn.init_kv(context, layer.cross_attn)
 
     def rope_rows(self, start: int, frames: int, device):
-        """Real cos/sin [frames·h·w, 1, head_dim/2] (fp32) of latent frames start.., from the complex table's angles
-        (float64 until the cos and sin, as upstream's table)."""
+        """Real cos/sin [frames·h·w, 1, head_dim/2] (fp32) of latent frames start.., built on the device from the
+        model's complex table (a copy of it kept there: upstream keeps it on the CPU until the first call)."""
         (h, w), (_, ph, pw) = self.config.latent_hw, self.config.patch_size
-        h, w = h // ph, w // pw
-        tables = self.__dict__.setdefault("_rope_angles", {})
-        if device not in tables:
-            tables[device] = [torch.angle(p).to(device) for p in self.freqs.split(rope_split(2 * self.freqs.size(1)), 1)]
-        af, ah, aw = tables[device]
-        angle = torch.cat([af[start:start + frames].view(frames, 1, 1, -1).expand(frames, h, w, -1),
-                           ah[:h].view(1, h, 1, -1).expand(frames, h, w, -1),
-                           aw[:w].view(1, 1, w, -1).expand(frames, h, w, -1)], dim=-1).reshape(frames * h * w, 1, -1)
-        return angle.cos().float(), angle.sin().float()
+        freqs = self.__dict__.get("_device_freqs")
+        if freqs is None or freqs.device != torch.device(device):
+            freqs = self._device_freqs = self.freqs.to(device)
+        return rope_cos_sin(freqs, (frames, h // ph, w // pw), torch.float32, device, frame_offset=start)
 
     def block_inputs(self, start: int, frames: int, mouse, keyboard) -> dict:
         """Everything position-dependent of latent frames start..start+frames-1, as tensors: RoPE rows, the action
