@@ -16,7 +16,7 @@ from test_vae import official_state
 
 import wanopt.generate as generate
 from wanopt.__main__ import main
-from wanopt.configs import MG2_TINY
+from wanopt.configs import MG2_TINY, get_workload
 from wanopt.vae import build_vae
 from wanopt.weights import build_causal
 
@@ -180,3 +180,22 @@ def test_all_stages_means_every_stage_of_the_family_in_order():
     add_arguments(parser)
     req = check(parser.parse_args(["--workload", "tiny-mg2", "--stages", "all", "--out", "b.mp4"]))
     assert req.stages == [s.name for s in MG2_STAGES[1:]]
+
+
+def test_measured_stage_options_apply_only_on_the_gpu_model_that_measured_them(tmp_path, monkeypatch):
+    from wanopt.generate import recorded_choices
+
+    wl = get_workload("mg2-universal")
+    (tmp_path / wl.name).mkdir()
+    (tmp_path / wl.name / "capture.json").write_text(json.dumps({
+        "run_id": "r1", "env": {"device": "NVIDIA H200"},
+        "choices": {"04_attention": {"options": {"self_backend": "fa4"}, "evidence": {}}}}))
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    options, source = recorded_choices(wl, cuda, traces=tmp_path)
+    assert options == {"04_attention": {"self_backend": "fa4"}} and "r1" in source
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    options, source = recorded_choices(wl, cuda, traces=tmp_path)
+    assert options == {} and "H100" in source and "H200" in source  # another GPU: its own defaults, said so
+    assert recorded_choices(wl, torch.device("cpu"), traces=tmp_path)[0] == {}
+    assert "no committed capture" in recorded_choices(get_workload("t2v-a14b-720p-sp8"), cuda, traces=tmp_path)[1]

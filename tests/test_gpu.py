@@ -1,6 +1,7 @@
 """What only a GPU can check: stage 6's cuBLASLt GELU epilogue, the RMSNorm + RoPE kernel compiled for the
-device (not the interpreter) at a real model width, and the Matrix-Game-2 block graphs against the eager blocks. Skipped without CUDA (CI); the capture job runs them on the
-H100 before it captures (traces/logs/test_gpu.log)."""
+device (not the interpreter) at a real model width, the Matrix-Game-2 block graphs against the eager blocks, and
+the decode stages' CUDA graph and second stream against the eager streaming decode. Skipped without CUDA (CI); the
+capture job runs them on the GPU before it captures (traces/logs/test_gpu.log)."""
 
 import pytest
 import torch
@@ -65,3 +66,33 @@ def test_mg2_block_graphs_replay_the_eager_blocks():
     eager, graphed, folded = video("06_compile"), video("07_cuda_graphs"), video("08_fold_refresh")
     assert torch.equal(graphed, eager)
     assert rel_l2(folded.float(), eager.float()) < 1e-2
+
+
+def test_decode_graph_and_second_stream_replay_the_eager_streaming_decode():
+    """The tiny VAE and DiT in fp32 on the GPU: the decode stages (compile, one CUDA graph per steady block, the
+    decode on a second stream while the next block's DiT runs) against the eager streaming decode of the same
+    video, two videos in a row (the graph's cache buffers take the second video's cache). 1e-4 relative: TF32 is
+    off, so only Inductor's fusions and cuDNN's algorithm choices reorder fp32 sums; a stale cache, a race between
+    the streams or a frame decoded twice is O(1) off (tests/test_decode.py on the CPU)."""
+    import warnings
+
+    from wanopt.pipelines.causal import CausalPipeline
+    from wanopt.stages import decode_channels_last, decode_compile, decode_cuda_graphs, decode_overlap
+    from wanopt.vae import StreamingDecoder, build_vae
+
+    def pipe():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p = CausalPipeline("mg2-tiny", device="cuda", dtype=torch.float32, seed=0)
+            return p.attach_decoder(StreamingDecoder(build_vae("tiny", device="cuda", seed=1)))
+
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
+        reference = [torch.cat(list(pipe().stream_frames(4, seed=s)), 2) for s in (2, 3)]
+        fast = pipe()
+        for stage in (decode_channels_last, decode_compile, decode_cuda_graphs, decode_overlap):
+            fast = stage(fast)
+        assert fast.decode_stream is not None
+        for s, ref in zip((2, 3), reference):
+            out = torch.cat(list(fast.stream_frames(4, seed=s)), 2)
+            assert out.shape == ref.shape and rel_l2(out, ref) <= 1e-4
+    assert fast.decoder.graph is not None

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from wanopt.stages import FAMILY_STAGES
+from wanopt.stages import EXTRA_STAGES, FAMILY_STAGES
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -14,6 +14,13 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 def test_every_stage_has_its_notebook(family):
     missing = [s.name for s in FAMILY_STAGES[family] if not (NOTEBOOKS / family / f"{s.name}.py").exists()]
     assert not missing, f"stages without notebooks/{family}/<stage>.py: {missing}"
+
+
+@pytest.mark.parametrize("notebook", list(EXTRA_STAGES))
+def test_every_extra_stage_group_has_its_notebook(notebook):
+    """The decode stages (end-to-end MG2) and sequence parallel (multi-GPU T2V) each share one notebook."""
+    assert (NOTEBOOKS / f"{notebook}.py").exists(), f"notebooks/{notebook}.py is missing: it shows " + ", ".join(
+        s.name for s in EXTRA_STAGES[notebook])
 
 
 def test_every_notebook_source_has_its_executed_notebook():

@@ -27,8 +27,12 @@ def _inputs():
 
 
 def _rank(rank, world, store, result_path, fused, swap, backend="gloo"):
+    import importlib
+
     from wanopt.stages.dtype_hygiene import lean_model
-    from wanopt.stages import sequence_parallel as sp
+
+    # the module (the package's `sequence_parallel` is the stage function): the swap below replaces its heads_to_seq
+    sp = importlib.import_module("wanopt.stages.sequence_parallel")
 
     dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world)
     try:

@@ -3,6 +3,7 @@ the newer capture format."""
 
 import json
 
+import pandas as pd
 import pytest
 
 from wanopt import targets
@@ -11,10 +12,12 @@ from wanopt.profiling import analysis
 from conftest import write_capture
 
 REAL = ["t2v-1.3b-480p", "t2v-a14b-480p", "t2v-a14b-720p", "mg2-universal"]
+SEQUENCE_PARALLEL = ["t2v-a14b-720p-sp2", "t2v-a14b-720p-sp8"]  # targets of runs not captured yet
+END_TO_END = ["mg2-universal-e2e"]
 
 
 def test_every_real_workload_has_its_targets_and_no_other_does():
-    assert sorted(targets.TARGETS) == sorted(REAL)
+    assert sorted(targets.TARGETS) == sorted(REAL + SEQUENCE_PARALLEL + END_TO_END)
     assert set(targets.TARGETS) <= set(WORKLOADS)
     for w, ts in targets.TARGETS.items():
         assert ts and all(t.workload == w and t.metric in targets.METRICS for t in ts)
@@ -34,7 +37,7 @@ def test_reference_claims():
 def test_evaluate_the_committed_runs():
     table = targets.evaluate(REAL)
     assert list(table.columns) == ["goal", "measured", "unit", "met", "gap %", "stage", "run", "device"]
-    assert len(table) == sum(len(ts) for ts in targets.TARGETS.values())
+    assert len(table) == sum(len(targets.TARGETS[w]) for w in REAL)
     for (w, what), row in table.iterrows():
         t = next(t for t in targets.TARGETS[w] if t.what == what)
         assert row["stage"] == analysis.best_stage(w)
@@ -65,22 +68,27 @@ def _manifest(stage, median, **extra):
 
 
 def test_evaluate_a_newer_mg2_run(tmp_path):
-    """The newer Matrix-Game-2 manifest records first_block.vs_steady_block; the frames/s target reads dit_fps;
-    end to end is measured only where the run records `end_to_end.fps`."""
+    """The newer Matrix-Game-2 manifest records first_block.vs_steady_block; the frames/s target reads dit_fps.
+    End to end is its own workload, measured where the run records `e2e.fps`."""
     base = _manifest("00_baseline", 300.0, dit_fps=40.0,
                      first_block={"timing": {"median": 330.0}, "vs_steady_block": 1.1})
-    fast = _manifest("09_fast", 60.0, dit_fps=200.0, end_to_end={"fps": 90.0},
+    fast = _manifest("09_fast", 60.0, dit_fps=200.0,
                      first_block={"timing": {"median": 63.0}, "vs_steady_block": 1.05})
     write_capture(tmp_path, "mg2-universal", {"run_id": "r1", "family": "mg2"}, {"00_baseline": base, "09_fast": fast})
     table = targets.evaluate("mg2-universal", root=tmp_path).droplevel("workload")
     assert (table["stage"] == "09_fast").all()
     assert table.loc["≥ 5× faster than the baseline of the same run", "measured"] == 5.0
     assert table.loc["first block within 1.1× of the steady block", "measured"] == 1.05
-    assert table["met"].tolist() == [True, True, True, True, True]
-    del fast["end_to_end"]
-    (tmp_path / "mg2-universal" / "09_fast" / "manifest.json").write_text(json.dumps(fast))
-    row = targets.evaluate("mg2-universal", root=tmp_path).droplevel("workload").iloc[-1]
-    assert row["met"] is None and row["gap %"] != row["gap %"]  # not measured: no verdict, no gap
+    assert table["met"].tolist() == [True, True, True, True]
+    e2e = {**_manifest("12_overlap", 140.0, e2e={"fps": 12 / 0.140}), "workload": "mg2-universal-e2e"}
+    write_capture(tmp_path, "mg2-universal-e2e", {"run_id": "r1", "family": "mg2"},
+                  {"00_baseline": {**base, "workload": "mg2-universal-e2e"}, "12_overlap": e2e})
+    row = targets.evaluate("mg2-universal-e2e", root=tmp_path).iloc[0]
+    assert row["stage"] == "12_overlap" and row["measured"] == pytest.approx(85.71, abs=0.01) and row["met"]
+    del e2e["e2e"]
+    (tmp_path / "mg2-universal-e2e" / "12_overlap" / "manifest.json").write_text(json.dumps(e2e))
+    row = targets.evaluate("mg2-universal-e2e", root=tmp_path).iloc[0]
+    assert row["met"] is None and pd.isna(row["gap %"])  # not measured: no verdict, no gap
 
 
 def test_memory_target_needs_both_experts_resident(tmp_path):
@@ -92,3 +100,16 @@ def test_memory_target_needs_both_experts_resident(tmp_path):
     write_capture(tmp_path, "t2v-a14b-720p", {"run_id": "r"}, {"00_baseline": m})
     row = targets.evaluate("t2v-a14b-720p", root=tmp_path).iloc[0]
     assert row["measured"] is None or row["measured"] != row["measured"]
+
+
+def test_sequence_parallel_target_is_the_speedup_over_one_gpu_of_the_same_run(tmp_path):
+    assert targets.goal("t2v-a14b-720p-sp2", "vs_single_gpu") == 1.85
+    assert targets.REFERENCE["wan22_official_by_gpus_s"]["t2v-a14b-720p"] == {1: 1041.5, 4: 288.7, 8: 155.1}
+    single = {**_manifest("08_cuda_graphs", 20000.0), "workload": "t2v-a14b-720p-sp2"}
+    sp = {**_manifest("09_sequence_parallel", 11000.0), "workload": "t2v-a14b-720p-sp2",
+          "speedup_vs_single_gpu": 20000.0 / 11000.0}
+    write_capture(tmp_path, "t2v-a14b-720p-sp2", {"run_id": "r1"}, {"08_cuda_graphs": single,
+                                                                    "09_sequence_parallel": sp})
+    row = targets.evaluate("t2v-a14b-720p-sp2", root=tmp_path).iloc[0]
+    assert row["stage"] == "09_sequence_parallel" and row["measured"] == pytest.approx(1.818, abs=1e-3)
+    assert not row["met"] and row["gap %"] == pytest.approx(100 * (20 / 11 - 1.85) / 1.85, abs=0.05)

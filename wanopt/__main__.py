@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         "capture", help="time and profile a workload's stages (needs a CUDA GPU)",
         description="Time and profile a workload's stages on a CUDA GPU: per stage a manifest and a torch.profiler "
                     "trace under OUT/<workload>/<stage>/. Needs a CUDA GPU; without one it stops and points at the "
-                    "committed traces/. Stages, in each family's order:\n" + "\n".join(_stage_lines()),
+                    "committed traces/. A workload of world size N (the -sp<N> ones: sequence parallel) runs "
+                    "under `torchrun --nproc-per-node N -m wanopt capture ...`. Stages, in each family's order:\n"
+                    + "\n".join(_stage_lines()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     cap.add_argument("--workload", required=True, help=f"a named workload: {', '.join(WORKLOADS)}")
     cap.add_argument("--stages", default="all", help="comma-separated stage names, or 'all' (default)")
@@ -53,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                           "compile)")
     cap.add_argument("--attention-backend", default=None,
                      help="force the attention stage's kernel instead of the fastest measured, e.g. fa4")
+    cap.add_argument("--allow-cpu", action="store_true",
+                     help="run without a GPU (gloo between CPU processes under torchrun): the bookkeeping of a tiny "
+                          "workload, as CI checks it; its times mean nothing")
     gen = sub.add_parser(
         "generate", help="make one video of a workload: an mp4 and a JSON of its timings",
         description="Make one video of a workload on this machine (a CUDA GPU if there is one, else the CPU) and "
@@ -108,7 +113,8 @@ def main(argv=None) -> int:
 
     try:  # what the user asked for is checked first; anything later is a real failure, with its traceback
         check_request(args.workload, args.stages, args.peers, args.attention_backend)
-        require_cuda()
+        if not args.allow_cpu:
+            require_cuda()
     except CaptureNeedsGPU as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -117,7 +123,7 @@ def main(argv=None) -> int:
         return 2
     summary = capture(args.workload, args.stages, args.out, checkpoint=args.checkpoint, seed=args.seed,
                       profile=not args.no_profile, peers=args.peers, compare_alternatives=args.compare_alternatives,
-                      attention_backend=args.attention_backend)
+                      attention_backend=args.attention_backend, allow_cpu=args.allow_cpu)
     if "failed" in summary:
         print(f"error: stage {summary['failed']['stage']} failed ({summary['failed']['error'][:300]}); the stages "
               f"before it are written under {args.out}/{args.workload}/", file=sys.stderr)

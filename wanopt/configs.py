@@ -276,6 +276,7 @@ class Workload:
     frame_num: int | None = None
     step: str = ""  # what one "step" in a trace contains
     world_size: int = 1  # GPUs one run spreads over (sequence parallel); 1 for every single-GPU workload
+    decode: bool = False  # Matrix-Game-2 end to end: the timed block includes its streaming VAE decode
 
     @property
     def family(self) -> str:
@@ -296,6 +297,21 @@ WORKLOADS: dict[str, Workload] = {
                  "one block: 3 denoising evals + 1 cache-refresh eval"),
         Workload("tiny-t2v", "tiny", (64, 48), 5, "one denoising step of the tiny model (CPU/CI only, never timed)"),
         Workload("tiny-mg2", "mg2-tiny", None, None, "one block of the tiny causal model (CPU/CI only)"),
+        Workload("mg2-universal-e2e", "mg2-universal", None, None,
+                 "one block end to end: 3 denoising evals + 1 cache-refresh eval + the VAE decode of its 12 frames",
+                 decode=True),
+        Workload("tiny-mg2-e2e", "mg2-tiny", None, None,
+                 "one block of the tiny causal model and its tiny VAE decode (CPU/CI only)", decode=True),
+        Workload("t2v-1.3b-480p-sp2", "wan2.1-t2v-1.3b", (832, 480), 81,
+                 "one denoising step, the sequence sharded over 2 GPUs", world_size=2),
+        Workload("t2v-a14b-720p-sp2", "wan2.2-t2v-a14b", (1280, 720), 81,
+                 "one denoising step on the high-noise expert, the sequence sharded over 2 GPUs", world_size=2),
+        Workload("t2v-a14b-720p-sp4", "wan2.2-t2v-a14b", (1280, 720), 81,
+                 "one denoising step on the high-noise expert, the sequence sharded over 4 GPUs", world_size=4),
+        Workload("t2v-a14b-720p-sp8", "wan2.2-t2v-a14b", (1280, 720), 81,
+                 "one denoising step on the high-noise expert, the sequence sharded over 8 GPUs", world_size=8),
+        Workload("tiny-t2v-sp2", "tiny", (64, 48), 5,
+                 "one denoising step of the tiny model over 2 processes (CPU/CI only, gloo)", world_size=2),
     )
 }
 

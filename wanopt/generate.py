@@ -35,7 +35,6 @@ MG2_DEFAULT_BLOCKS = 5  # 57 frames, under 5 s at 12 fps; upstream's inference.p
 # The Matrix-Game-2 download (Skywork/Matrix-Game-2.0): the universal DiT and the Wan2.1 VAE, at these paths.
 MG2_DIT = Path("base_distilled_model") / "base_distill.safetensors"
 MG2_VAE = Path("Wan2.1_VAE.pth")
-MG2_VAE_CONFIG = {"mg2-tiny": "tiny"}  # every other Matrix-Game-2 config decodes with the real Wan2.1 VAE
 
 # Action patterns, in the universal layout of the Matrix-Game-2 workloads: keyboard columns W S A D (multi-hot),
 # then the camera's (pitch, yaw) per frame; 0.1 is upstream's camera step (utils/conditions.py, CAM_VALUE).
@@ -323,6 +322,39 @@ def _quiet_random():
         yield
 
 
+TRACES = Path(__file__).resolve().parents[1] / "traces"
+
+
+def recorded_choices(workload: Workload, device: torch.device, traces: Path = TRACES) -> tuple[dict, str]:
+    """The stage options that the workload's committed capture measured (`choices` in traces/<workload>/capture.json:
+    the attention kernels, the GELU epilogue), where that capture ran on this GPU model: ({stage: options}, where
+    from). Elsewhere ({}, why not): the stages then take their unmeasured defaults, and the console says so."""
+    run = traces / workload.name / "capture.json"
+    if device.type != "cuda":
+        return {}, "defaults (no GPU: nothing measured applies)"
+    if not run.is_file():
+        return {}, f"defaults (no committed capture of {workload.name} at {run})"
+    recorded = json.loads(run.read_text())
+    here, there = torch.cuda.get_device_name(device), recorded.get("env", {}).get("device")
+    if here != there:
+        return {}, f"defaults (the capture of {workload.name} ran on {there}, this GPU is {here})"
+    return ({name: c["options"] for name, c in recorded.get("choices", {}).items()},
+            f"measured by capture run {recorded.get('run_id')} on {there} ({run.relative_to(traces.parent)})")
+
+
+def _apply(pipe, req: "Request", device: torch.device):
+    """The requested stages, with the options measured on this GPU where a committed capture has them."""
+    from .stages import apply_stages
+
+    options, source = recorded_choices(req.workload, device)
+    chosen = {n: o for n, o in options.items() if n in req.stages}
+    if req.stages:
+        print(f"stage options: {source}" + (f": {chosen}" if chosen else ""), file=sys.stderr)
+    pipe = apply_stages(pipe, req.stages, workload=req.workload.name, options=chosen)
+    pipe.stage_options = {"source": source, "options": chosen}
+    return pipe
+
+
 def _announce_random(random: tuple[str, ...]):
     if random:
         print(f"random weights for {', '.join(random)} (no --checkpoint): the video is noise by construction",
@@ -331,12 +363,11 @@ def _announce_random(random: tuple[str, ...]):
 
 def _generate_t2v(req: Request, device: torch.device) -> dict:
     from .pipelines.t2v import WanT2V
-    from .stages import apply_stages
 
     t0 = _now(device)
     with _quiet_random():
         pipe = WanT2V(req.workload.config, checkpoint_dir=req.checkpoint, device=device, seed=req.seed)
-    pipe = apply_stages(pipe, req.stages, workload=req.workload.name)
+    pipe = _apply(pipe, req, device)
     _announce_random(pipe.random_components)
     t1 = _now(device)
     context, context_null = pipe.encode_prompt(req.prompt)
@@ -354,7 +385,8 @@ def _generate_t2v(req: Request, device: torch.device) -> dict:
     t4 = _now(device)
     with Mp4Writer(req.out, FPS["t2v"]) as writer:
         writer.write(video)
-    return {"stages": getattr(pipe, "applied_stages", []), "prompt": req.prompt, "steps": req.steps,
+    return {"stages": getattr(pipe, "applied_stages", []), "stage_options": pipe.stage_options, "prompt": req.prompt,
+            "steps": req.steps,
             "frames": writer.frames, "size": list(req.size), "random_weights": bool(pipe.random_components),
             "random_components": list(pipe.random_components),
             "timings_s": {"build": t1 - t0, "encode": t2 - t1, "denoise": sum(steps), "decode": t4 - t3,
@@ -363,17 +395,17 @@ def _generate_t2v(req: Request, device: torch.device) -> dict:
 
 def _generate_mg2(req: Request, device: torch.device) -> dict:
     from .pipelines.causal import CausalPipeline
-    from .stages import apply_stages
-    from .vae import StreamingDecoder, build_vae
+    from .vae import StreamingDecoder, build_vae, mg2_vae_config
 
     config = get_mg2_config(req.workload.config)
     ckpt = req.checkpoint
     t0 = _now(device)
     with _quiet_random():
         pipe = CausalPipeline(config, device=device, seed=req.seed, checkpoint=None if ckpt is None else ckpt / MG2_DIT)
-        vae = build_vae(MG2_VAE_CONFIG.get(config.name, "wan2.1"), device=device, dtype=torch.float32,
+        vae = build_vae(mg2_vae_config(config.name), device=device, dtype=torch.float32,
                         checkpoint=None if ckpt is None else ckpt / MG2_VAE, seed=req.seed + 200)
-    pipe = apply_stages(pipe, req.stages, workload=req.workload.name)
+    pipe.attach_decoder(StreamingDecoder(vae))
+    pipe = _apply(pipe, req, device)  # an end-to-end workload's decode stages work on the attached decoder
     random = pipe.random_components + (("vae",) if ckpt is None else ())
     _announce_random(random)
     if ckpt is not None:
@@ -383,22 +415,32 @@ def _generate_mg2(req: Request, device: torch.device) -> dict:
     cond_concat = None if req.image is None else encode_image(vae, req.image, config, req.blocks)
     t2 = _now(device)
     state = pipe.start(req.blocks, seed=req.seed, cond_concat=cond_concat, keyboard=req.keyboard, mouse=req.mouse)
-    decoder = StreamingDecoder(vae)
     blocks = []
+    pipe.decoder.reset()
     with Mp4Writer(req.out, FPS["mg2"]) as writer:
         for _ in tqdm(range(req.blocks), desc="blocks", unit="block"):
             t = _now(device)
-            x0 = pipe.next_block(state)
-            t_made = _now(device)
-            frames = decoder.decode_block(x0)
-            blocks.append({"denoise": t_made - t, "decode": _now(device) - t_made})
-            writer.write(frames[0])
+            if pipe.decode_overlap:  # the block, and the block before's decode on a second stream at the same time
+                frames = pipe.next_frames(state)
+                blocks.append({"block_and_overlapped_decode": _now(device) - t})
+            else:
+                x0 = pipe.next_block(state)
+                t_made = _now(device)
+                frames = pipe.decoder.decode_block(x0)
+                blocks.append({"denoise": t_made - t, "decode": _now(device) - t_made})
+            if frames is not None:
+                writer.write(frames[0])
+        last = pipe.flush()
+        if last is not None:
+            writer.write(last[0])
+            frames = last
     h, w = frames.shape[-2:]
-    return {"stages": getattr(pipe, "applied_stages", []), "blocks": req.blocks, "actions": req.actions,
+    return {"stages": getattr(pipe, "applied_stages", []), "stage_options": pipe.stage_options, "blocks": req.blocks,
+            "actions": req.actions,
             "image": None if req.image is None else str(req.image), "clip_tokens": "random",
             "frames": writer.frames, "size": [w, h], "random_weights": bool(random), "random_components": list(random),
-            "timings_s": {"build": t1 - t0, "encode": t2 - t1, "denoise": sum(b["denoise"] for b in blocks),
-                          "decode": sum(b["decode"] for b in blocks), "blocks": blocks}}
+            "timings_s": {"build": t1 - t0, "encode": t2 - t1,
+                          **{phase: sum(b[phase] for b in blocks) for phase in blocks[0]}, "blocks": blocks}}
 
 
 @torch.no_grad()

@@ -9,23 +9,27 @@ video. StreamingDecoder makes the same per-frame decoder calls with a cache list
 decoded block by block equals one `vae.decode()` of its whole latent sequence (tests/test_vae.py). The first latent
 frame of a video decodes to 1 frame, every later one to 4: a block of 3 gives 9 frames first, 12 after.
 
-build_vae makes that VAE: seeded random at real size (a RandomWeightsWarning says so), or loaded strictly from
-diffusers' layout (a `vae/` folder or its .safetensors) or from upstream's `Wan2.1_VAE.pth` (through diffusers'
-own converter for that layout, `convert_wan_vae_to_diffusers`).
+build_vae makes that VAE by config name (wanopt.weights.build_vae, the one builder): seeded random at real size
+(a RandomWeightsWarning says so), or loaded strictly from diffusers' layout (a `vae/` folder or its .safetensors)
+or from upstream's `Wan2.1_VAE.pth` (through diffusers' own converter for that layout).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from . import weights
 from .configs import TINY, VAEConfig
-from .weights import CheckpointError, _torch_load, build_vae as build_random_vae, checkpoint_files, warn_random
+from .weights import warn_random
 
 # "wan2.1": the VAE of every real workload (Wan2.1, Wan2.2 A14B and Matrix-Game-2 all decode with Wan2.1_VAE.pth);
 # "tiny": the same architecture at base_dim 8, for the CPU tests and the tiny workloads.
 VAE_CONFIGS: dict[str, VAEConfig] = {"wan2.1": VAEConfig(), "tiny": TINY.vae}
+
+
+def mg2_vae_config(mg2_config: str) -> str:
+    """The VAE a Matrix-Game-2 config decodes with: the tiny one for the tiny model, Wan2.1's for every other."""
+    return "tiny" if mg2_config == "mg2-tiny" else "wan2.1"
 
 
 def vae_config(name: str | VAEConfig) -> VAEConfig:
@@ -39,76 +43,12 @@ def vae_config(name: str | VAEConfig) -> VAEConfig:
 
 def build_vae(config: str | VAEConfig = "wan2.1", device="cpu", dtype=torch.float32, checkpoint=None,
               seed: int = 0):
-    """diffusers' AutoencoderKLWan, in eval mode without gradients.
-
-    checkpoint: None for seeded random weights (the console says so once: decoded video is noise); a diffusers
-    `vae/` folder (its config.json gives the architecture) or a .safetensors file of AutoencoderKLWan keys; or
-    upstream's `Wan2.1_VAE.pth`. Loading is strict: one CheckpointError lists every missing, unexpected and
-    mis-shaped key. Any other file is refused with the layouts this accepts.
-    """
-    from diffusers import AutoencoderKLWan
-
-    config = vae_config(config)
+    """The VAE by config name (wanopt.weights.build_vae does the building and the strict loading). Without a
+    checkpoint the weights are seeded random and the console says so once: decoded video is noise."""
     if checkpoint is None:
         warn_random("build_vae", ["vae"], "no checkpoint given; pass Wan2.1_VAE.pth or a "
                     "diffusers vae/ folder for real frames", stacklevel=2)
-        return build_random_vae(config, device=device, dtype=dtype, seed=seed)
-    path = Path(checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"VAE checkpoint {path} does not exist; pass upstream's Wan2.1_VAE.pth or a "
-                                f"diffusers vae/ folder")
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} has no config.json: pass a diffusers vae/ folder (config.json + "
-                                    f"diffusion_pytorch_model.safetensors) or upstream's Wan2.1_VAE.pth")
-        kwargs = AutoencoderKLWan.load_config(path)
-        state = _read_safetensors(checkpoint_files(path))
-    elif path.suffix == ".safetensors":
-        kwargs, state = _diffusers_kwargs(config), _read_safetensors([path])
-    elif path.suffix in (".pth", ".pt"):
-        from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
-
-        kwargs, state = _diffusers_kwargs(config), convert_wan_vae_to_diffusers(_torch_load(path))
-    else:
-        raise ValueError(f"{path}: not a VAE checkpoint layout this reads. Pass upstream's Wan2.1_VAE.pth (a torch "
-                         f"state dict with the original key names), a diffusers vae/ folder, or a .safetensors file "
-                         f"of AutoencoderKLWan keys.")
-    with torch.device("meta"):
-        vae = AutoencoderKLWan.from_config(kwargs)
-    _load_strict(vae, state, path)
-    return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
-
-
-def _diffusers_kwargs(config: VAEConfig) -> dict:
-    return dict(base_dim=config.base_dim, z_dim=config.z_dim, dim_mult=list(config.dim_mult),
-                num_res_blocks=config.num_res_blocks, temperal_downsample=list(config.temperal_downsample))
-
-
-def _read_safetensors(files) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    state = {}
-    for f in files:
-        try:
-            state.update(load_file(f))
-        except SafetensorError as exc:
-            raise CheckpointError.unreadable(f, exc) from exc
-    return state
-
-
-def _load_strict(vae, state: dict, path: Path):
-    """Every parameter from the checkpoint, nothing else, each of the right shape; else one CheckpointError."""
-    params = vae.state_dict()
-    missing = sorted(k for k in params if k not in state)
-    unexpected = sorted(k for k in state if k not in params)
-    mismatched = sorted((k, tuple(v.shape), tuple(params[k].shape)) for k, v in state.items()
-                        if k in params and tuple(v.shape) != tuple(params[k].shape))
-    if missing or unexpected or mismatched:
-        raise CheckpointError(path, missing, unexpected, mismatched, hint=(
-            "A VAE of another size or family (the Wan2.2 VAE has z_dim 48), or a file of another model, gives this; "
-            "pass Wan2.1_VAE.pth or the vae/ folder of a Wan2.1 / Wan2.2-A14B diffusers checkpoint."))
-    vae.load_state_dict(state, strict=True, assign=True)
+    return weights.build_vae(vae_config(config), device=device, dtype=dtype, seed=seed, checkpoint=checkpoint)
 
 
 class StreamingDecoder:
@@ -160,16 +100,42 @@ class StreamingDecoder:
         self._check(latents)
         vae = self.vae
         z = latents.float() * self.std.to(latents.device) + self.mean.to(latents.device)
-        x = vae.post_quant_conv(z.to(vae.dtype))
-        out = []
-        for i in range(x.size(2)):  # as AutoencoderKLWan._decode, with the cache carried over from earlier blocks
-            out.append(vae.decoder(x[:, :, i:i + 1], feat_cache=self._cache, feat_idx=[0],
-                                   first_chunk=self.latent_frames == 0))
-            self.latent_frames += 1
-        out = torch.cat(out, 2)
+        x = self.layout(vae.post_quant_conv(z.to(vae.dtype)))
+        out = self.decode_steady(x) if self.steady() else self.decode_frames(x)
         if vae.config.patch_size is not None:
             out = unpatchify(out, patch_size=vae.config.patch_size)
         return out.float().clamp_(-1, 1)
 
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder input's memory layout (a decode stage may change it)."""
+        return x
 
-__all__ = ["StreamingDecoder", "build_vae", "vae_config", "VAE_CONFIGS"]
+    def decode_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder one latent frame at a time, as AutoencoderKLWan._decode, with the cache carried over."""
+        out = []
+        for i in range(x.size(2)):
+            out.append(self.vae.decoder(x[:, :, i:i + 1], feat_cache=self._cache, feat_idx=[0],
+                                        first_chunk=self.latent_frames == 0))
+            self.latent_frames += 1
+        return torch.cat(out, 2)
+
+    def steady(self) -> bool:
+        """Whether the cache has its steady form: from the third latent frame on every entry a convolution uses is a
+        tensor of the last 2 time steps (frame 0 marks the temporal upsamplers "Rep" and runs first-chunk paths;
+        frame 1 fills them; diffusers sizes the list one entry longer than the decoder uses, that one stays None).
+        The decode stages replace `decode_steady`; the first block of a video always decodes frame by frame."""
+        return self.latent_frames >= 2 and not any(isinstance(c, str) for c in self._cache)
+
+    def decode_steady(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode_frames(x)
+
+
+def decode_steady_frames(decoder, x: torch.Tensor, cache: list) -> tuple[torch.Tensor, list]:
+    """The steady decode as a function of tensors: (frames, the new cache), the input cache list left as it was.
+    What the compile and CUDA-graph stages (wanopt.stages.decode) compile and capture."""
+    cache = list(cache)
+    out = [decoder(x[:, :, i:i + 1], feat_cache=cache, feat_idx=[0], first_chunk=False) for i in range(x.size(2))]
+    return torch.cat(out, 2), cache
+
+
+__all__ = ["StreamingDecoder", "build_vae", "vae_config", "VAE_CONFIGS", "decode_steady_frames", "mg2_vae_config"]

@@ -421,30 +421,65 @@ def build_t5(config: T5Config, device="cpu", dtype=torch.bfloat16, seed: int = 0
 
 
 def build_vae(config: VAEConfig, device="cpu", dtype=torch.float32, seed: int = 0, checkpoint=None):
-    """diffusers' AutoencoderKLWan: from a diffusers `vae/` folder, from upstream's `Wan2.1_VAE.pth` (converted
-    with diffusers' own key map), or seeded random weights."""
+    """diffusers' AutoencoderKLWan, in eval mode without gradients: seeded random weights (checkpoint None), or
+    loaded strictly from a diffusers `vae/` folder (its config.json gives the architecture), a .safetensors file of
+    AutoencoderKLWan keys, or upstream's `Wan2.1_VAE.pth` (through diffusers' own converter for that layout,
+    `convert_wan_vae_to_diffusers`). One CheckpointError lists every missing, unexpected and mis-shaped key; any
+    other file is refused with the layouts this accepts. (wanopt.vae.build_vae takes a config name and says so on
+    the console when the weights are random.)"""
     from diffusers import AutoencoderKLWan
 
-    if checkpoint is not None and Path(checkpoint).is_dir():
-        return AutoencoderKLWan.from_pretrained(checkpoint, torch_dtype=dtype).to(device).eval().requires_grad_(False)
     kwargs = dict(base_dim=config.base_dim, z_dim=config.z_dim, dim_mult=list(config.dim_mult),
                   num_res_blocks=config.num_res_blocks, temperal_downsample=list(config.temperal_downsample))
-    if checkpoint is not None:
+    if checkpoint is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            vae = AutoencoderKLWan(**kwargs)
+        return _to(vae, device, dtype)
+    path = Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"VAE checkpoint {path} does not exist; pass upstream's Wan2.1_VAE.pth or a "
+                                f"diffusers vae/ folder")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json: pass a diffusers vae/ folder (config.json + "
+                                    f"diffusion_pytorch_model.safetensors) or upstream's Wan2.1_VAE.pth")
+        kwargs, state = AutoencoderKLWan.load_config(path), _read_safetensors(checkpoint_files(path))
+    elif path.suffix == ".safetensors":
+        state = _read_safetensors([path])
+    elif path.suffix in (".pth", ".pt"):
         from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
-        path = Path(checkpoint)
-        if not path.exists():
-            raise FileNotFoundError(f"VAE checkpoint {path} does not exist (upstream name: Wan2.1_VAE.pth)")
         state = convert_wan_vae_to_diffusers(_torch_load(path))
-        vae = AutoencoderKLWan(**kwargs)
-        result = vae.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise CheckpointError(path, result.missing_keys, result.unexpected_keys)
-        return _to(vae, device, dtype)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        vae = AutoencoderKLWan(**kwargs)
-    return _to(vae, device, dtype)
+    else:
+        raise ValueError(f"{path}: not a VAE checkpoint layout this reads. Pass upstream's Wan2.1_VAE.pth (a torch "
+                         f"state dict with the original key names), a diffusers vae/ folder, or a .safetensors file "
+                         f"of AutoencoderKLWan keys.")
+    with torch.device("meta"):
+        vae = AutoencoderKLWan.from_config(kwargs)
+    params = vae.state_dict()
+    missing = sorted(k for k in params if k not in state)
+    unexpected = sorted(k for k in state if k not in params)
+    mismatched = sorted((k, tuple(v.shape), tuple(params[k].shape)) for k, v in state.items()
+                        if k in params and tuple(v.shape) != tuple(params[k].shape))
+    if missing or unexpected or mismatched:
+        raise CheckpointError(path, missing, unexpected, mismatched, hint=(
+            "A VAE of another size or family (the Wan2.2 VAE has z_dim 48), or a file of another model, gives this; "
+            "pass Wan2.1_VAE.pth or the vae/ folder of a Wan2.1 / Wan2.2-A14B diffusers checkpoint."))
+    vae.load_state_dict(state, strict=True, assign=True)
+    return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def _read_safetensors(files) -> dict:
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in files:
+        try:
+            state.update(load_file(f))
+        except SafetensorError as exc:
+            raise CheckpointError.unreadable(f, exc) from exc
+    return state
 
 
 def _torch_load(path: Path, mmap: bool = False) -> dict:

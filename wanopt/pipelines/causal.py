@@ -1,4 +1,4 @@
-"""Matrix-Game-2 block-autoregressive inference, DiT only (`pipeline/causal_inference.py::CausalInferencePipeline`).
+"""Matrix-Game-2 block-autoregressive inference (`pipeline/causal_inference.py::CausalInferencePipeline`).
 
 The video is made block by block (3 latent frames each). For each block, upstream and this pipeline:
   - run the few-step sampler: one DiT eval per timestep of the warped schedule (3 for universal/gta, 4 for
@@ -7,7 +7,8 @@ The video is made block by block (3 latent frames each). For each block, upstrea
   - keep the last eval's x0 as the block's latents;
   - run one more eval at t = context_noise (0) on that x0: its output is thrown away, its cache writes (clean K/V
     of the block) are what the next blocks attend to.
-The VAE decode that upstream runs after each block is out of scope: this is the DiT-only workload (`mg2-universal`).
+Each block's VAE decode, as upstream runs it, is `next_frames` / `stream_frames` with a StreamingDecoder attached
+(the end-to-end workload `mg2-universal-e2e`); `next_block` is the DiT alone (`mg2-universal`).
 Conditioning (image latent, CLIP tokens, actions) is passed in as tensors; without encoders it is random and seeded.
 """
 
@@ -204,6 +205,85 @@ class CausalPipeline:
                 self.dit(x0, torch.ones_like(timestep) * self.config.context_noise, cond, s)
         state.block += 1
         return x0
+
+    # -- end to end: each block decoded as it is made ------------------------------------------------------------
+
+    decoder = None  # a wanopt.vae.StreamingDecoder (attach_decoder): the decoder's causal cache carried across blocks
+    decode_overlap = False  # stage 12: block b decodes on `decode_stream` while block b+1's DiT runs
+    decode_stream = None
+    _pending = None  # stage 12: the x0 of the block whose decode has not been launched yet
+
+    def attach_decoder(self, decoder):
+        self.decoder = decoder
+        return self
+
+    def next_frames(self, state: CausalState) -> torch.Tensor | None:
+        """Make the next block and decode it: its video frames [1, 3, T, 8H, 8W] in [-1, 1], T = 9 for block 0 and 12
+        after (upstream's streaming decode, `mg2_decode` in traces). With the decode overlapped (stage 12), a later
+        block's decode runs during the next block's DiT: the call returns the frames of the block before (None for
+        block 1), and `flush()` the last block's. The first block decodes at once either way."""
+        if self.decoder is None:
+            raise RuntimeError("no decoder attached: pipe.attach_decoder(wanopt.vae.StreamingDecoder(build_vae(...)))")
+        if state.block == 0:  # a new video: a fresh decoder cache; a previous video's undecoded block is dropped
+            self.decoder.reset()
+            self._pending = None
+        return self.decode_made(lambda: self.next_block(state), first=state.block == 0)
+
+    def decode_made(self, make_block, first: bool) -> torch.Tensor | None:
+        """make_block() and its decode, at once or (stage 12, after a video's first block) overlapped."""
+        if not self.decode_overlap or first:
+            x0 = make_block()
+            with record_function("mg2_decode"):
+                return self.decoder.decode_block(x0)
+        return self.overlapped(make_block)
+
+    def decode_latents(self, blocks: list[torch.Tensor]) -> torch.Tensor:
+        """Given latent blocks decoded as one new video through the same path as next_frames: all its frames."""
+        self.decoder.reset()
+        self._pending = None
+        out = [self.decode_made(lambda z=z: z, first=i == 0) for i, z in enumerate(blocks)] + [self.flush()]
+        return torch.cat([f for f in out if f is not None], dim=2)
+
+    def overlapped(self, make_block) -> torch.Tensor | None:
+        """Launch the pending block's decode on the decode stream, then make_block() on this one; both streams
+        joined at the end. Returns the pending block's frames; the new block's x0 becomes the pending one."""
+        pending, frames = self._pending, None
+        side = self.decode_stream  # None on a CPU: the same order of work on one stream
+        main = torch.cuda.current_stream() if side is not None else None
+        if pending is not None:
+            if side is not None:
+                side.wait_stream(main)
+            on_side = torch.cuda.stream(side) if side is not None else contextlib.nullcontext()
+            with on_side, record_function("mg2_decode"):
+                frames = self.decoder.decode_block(pending)
+            if side is not None:
+                pending.record_stream(side)
+        x0 = make_block()
+        self._pending = x0.clone()  # a graphed DiT rewrites its output buffer in the next block
+        if side is not None:
+            main.wait_stream(side)
+            if frames is not None:
+                frames.record_stream(main)
+        return frames
+
+    def flush(self) -> torch.Tensor | None:
+        """The frames of the block still pending (overlapped decode), or None."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        with record_function("mg2_decode"):
+            return self.decoder.decode_block(pending)
+
+    def stream_frames(self, num_blocks: int, **start_kwargs) -> Iterator[torch.Tensor]:
+        """Yield each block's video frames in order (start() arguments pass through)."""
+        state = self.start(num_blocks, **start_kwargs)
+        for _ in range(num_blocks):
+            frames = self.next_frames(state)
+            if frames is not None:
+                yield frames
+        last = self.flush()
+        if last is not None:
+            yield last
 
     def stream(self, num_blocks: int, **start_kwargs) -> Iterator[torch.Tensor]:
         """Yield each block's x0 latents as it is made (start() arguments pass through)."""

@@ -11,6 +11,10 @@ and never read HTA's internals (its trace frame, its symbol table) themselves.
     annotations(a)                                   # the record_function labels on the host
     category_breakdown(a)                            # GEMM, attention, norm/elementwise, cast/copy, memcpy, other
 
+A stage captured on several GPUs (09_sequence_parallel) has one trace per rank in its folder, and load_trace reads
+them all: kernels(a, rank), and per rank comm_comp_overlap, rank_kernel_types, all_to_all_share, rank_timelines;
+stragglers, sp_comparison and scaling_table read the manifests of the `-sp<N>` runs.
+
 Two capture formats are read: the committed H100 runs (the choices of stages 5 and 6 in `capture.json` →
 `ceilings` / `ffn_gelu` and the manifest's `fusion`, whole-model compile in `compile_whole_model`) and the newer
 harness (`choice` in each manifest, `choices` and `alternatives` in capture.json). `stage_choice` and
@@ -270,11 +274,12 @@ def _cached(fn):
 
 
 @_cached
-def kernels(analysis) -> pd.DataFrame:
+def kernels(analysis, rank: int = 0) -> pd.DataFrame:
     """One row per GPU event (kernel, memcpy, memset) of the trace: name, short name, category, times in µs
     relative to the trace's first GPU event, stream, iteration, and the host time of its launch. (Events on the
-    host that carry a `stream` argument, such as Inductor's launch ops, are not GPU events and are not here.)"""
-    t = analysis.t.get_trace(0)
+    host that carry a `stream` argument, such as Inductor's launch ops, are not GPU events and are not here.)
+    `rank` picks one trace of a stage captured on several GPUs; `ts` is on a clock common to all ranks."""
+    t = analysis.t.get_trace(rank)
     sym = analysis.t.symbol_table.get_sym_table()
     cats = t["cat"].map(lambda i: sym[i])
     gpu = t[(t["stream"] >= 0) & cats.isin(GPU_CATS)].copy()
@@ -297,9 +302,10 @@ def kernels(analysis) -> pd.DataFrame:
 
 
 @_cached
-def annotations(analysis, cpu: bool = True) -> pd.DataFrame:
-    """record_function labels of the trace (CPU side by default): name, ts, end, dur, tid, iteration."""
-    t = analysis.t.get_trace(0)
+def annotations(analysis, cpu: bool = True, rank: int = 0) -> pd.DataFrame:
+    """record_function labels of the trace (CPU side by default): name, ts, end, dur, tid, iteration. `rank` picks
+    one trace of a stage captured on several GPUs."""
+    t = analysis.t.get_trace(rank)
     sym = analysis.t.symbol_table.get_sym_table()
     cats = t["cat"].map(lambda i: sym[i])
     want = "user_annotation" if cpu else "gpu_user_annotation"
@@ -860,3 +866,231 @@ def first_block_vs_steady(manifest: dict) -> float | None:
     if not first:
         return None
     return first.get("vs_steady_block") or first["timing"]["median"] / manifest["timing"]["median"]
+
+
+# -- several GPUs: a stage captured on every rank (sequence parallel) ----------------------------------------------
+
+ALL_TO_ALL = re.compile(r"AllToAll|all_to_all|alltoall|SendRecv", re.I)  # NCCL runs all-to-all as grouped send/recv
+KERNEL_TYPES = ["COMPUTATION", "COMMUNICATION", "MEMORY"]
+
+
+def trace_ranks(analysis) -> list[int]:
+    """The ranks whose traces a loaded stage folder holds (HTA reads the rank from each file's distributedInfo)."""
+    return sorted(analysis.t.get_all_traces())
+
+
+def kernel_type(name: str, cat: str = "kernel") -> str:
+    """HTA's kernel type of one GPU event: COMMUNICATION (NCCL), MEMORY (memcpy, memset) or COMPUTATION."""
+    from hta.utils.utils import get_kernel_type
+
+    if cat in ("gpu_memcpy", "gpu_memset"):
+        return "MEMORY"
+    kind = get_kernel_type(name)
+    return kind if kind in KERNEL_TYPES else "COMPUTATION"
+
+
+def rank_kernel_types(analysis) -> pd.DataFrame:
+    """Per rank, GPU time by HTA's kernel type: communication, computation and memory kernels, ms and % of the rank's
+    kernel time (sums of kernel durations; overlapping kernels count in full)."""
+    rows = {}
+    for r in trace_ranks(analysis):
+        k = kernels(analysis, r)
+        types = [kernel_type(n, c) for n, c in zip(k["name"], k["cat"])]
+        ms = k["dur"].groupby(pd.Series(types, index=k.index, dtype=object)).sum().reindex(KERNEL_TYPES).fillna(0) / 1e3
+        total = ms.sum()
+        rows[r] = {**{f"{t.lower()} ms": ms[t] for t in KERNEL_TYPES},
+                   **{f"{t.lower()} %": 100 * ms[t] / total if total else np.nan for t in KERNEL_TYPES}}
+    out = pd.DataFrame(rows).T
+    out.index.name = "rank"
+    return out.round(2)
+
+
+def comm_comp_overlap(analysis) -> pd.DataFrame:
+    """HTA's communication/computation overlap per rank: the share of communication-kernel time during which a
+    computation kernel ran too (NaN for a rank without communication kernels, e.g. a CPU capture)."""
+    rows = {}
+    for r in trace_ranks(analysis):
+        if not len(kernels(analysis, r)):
+            rows[r] = np.nan
+    if len(rows) < len(trace_ranks(analysis)):
+        with warnings.catch_warnings():  # 0/0 on a rank without communication kernels; HTA's pandas deprecations
+            warnings.simplefilter("ignore")
+            df = analysis.get_comm_comp_overlap(visualize=False)
+        rows.update({int(r): v for r, v in zip(df["rank"], df["comp_comm_overlap_pctg"]) if int(r) not in rows})
+    out = pd.DataFrame({"comm/comp overlap %": pd.Series(rows, dtype=float)}).sort_index()
+    out.index.name = "rank"
+    return out
+
+
+def step_windows(analysis, iteration: int | None = None) -> pd.DataFrame:
+    """Per rank, the GPU span of one profiled step (the first, or `iteration`): the kernels launched inside its
+    ProfilerStep, from the first start to the last end, in µs on the clock common to all ranks (`ts`)."""
+    rows = {}
+    for r in trace_ranks(analysis):
+        k = kernels(analysis, r)
+        ann = annotations(analysis, True, r)
+        steps = ann[ann["name"].str.fullmatch(r"ProfilerStep#\d+")]
+        if iteration is not None:
+            steps = steps[steps["iteration"] == iteration]
+        steps = steps.head(1)
+        w = k[inside(k["launch_ts"], steps)] if len(steps) else k.iloc[:0]
+        rows[r] = {"start_ts": w["ts"].min() if len(w) else np.nan,
+                   "end_ts": (w["ts"] + w["dur"]).max() if len(w) else np.nan, "kernels": len(w)}
+    out = pd.DataFrame(rows).T
+    out.index.name = "rank"
+    return out
+
+
+def all_to_all_share(analysis, iteration: int | None = None) -> pd.DataFrame:
+    """Per rank, one profiled step: its GPU span, the all-to-all kernels' time in it (NCCL's AllToAll or grouped
+    SendRecv kernels), the other communication (the output's all-gather), computation, and the all-to-all share
+    of the span. A communication kernel runs from its launch until every rank has arrived, so a rank that waits
+    for a slower one shows the wait inside its all-to-all time."""
+    windows = step_windows(analysis, iteration)
+    rows = {}
+    for r in trace_ranks(analysis):
+        k = kernels(analysis, r)
+        start, end = windows.loc[r, "start_ts"], windows.loc[r, "end_ts"]
+        w = k[(k["ts"] >= start) & (k["ts"] + k["dur"] <= end)]
+        comm = np.array([kernel_type(n, c) == "COMMUNICATION" for n, c in zip(w["name"], w["cat"])], dtype=bool)
+        a2a = comm & w["name"].astype(str).str.contains(ALL_TO_ALL).to_numpy(dtype=bool)
+        span = end - start
+        rows[r] = {"step span ms": span / 1e3, "all-to-all ms": w.loc[a2a, "dur"].sum() / 1e3,
+                   "other communication ms": w.loc[comm & ~a2a, "dur"].sum() / 1e3,
+                   "computation and memory ms": w.loc[~comm, "dur"].sum() / 1e3,
+                   "all-to-all calls": int(a2a.sum()),
+                   "all-to-all % of step": 100 * w.loc[a2a, "dur"].sum() / span if span > 0 else np.nan}
+    out = pd.DataFrame(rows).T
+    out["all-to-all calls"] = out["all-to-all calls"].astype(int)
+    out.index.name = "rank"
+    return out.round(2)
+
+
+def rank_timelines(analysis, iteration: int | None = None) -> dict[int, tuple[pd.DataFrame, tuple[float, float]]]:
+    """Per rank, its kernels and its step's window on one time axis (µs from the earliest rank's step start), for
+    plots.rank_timelines. The kernels carry `category` (GEMM, attention, ...) and `kernel_type`."""
+    windows = step_windows(analysis, iteration)
+    t0 = windows["start_ts"].min()
+    out = {}
+    for r in trace_ranks(analysis):
+        k = kernels(analysis, r).copy()
+        k["start_us"], k["end_us"] = k["ts"] - t0, k["ts"] + k["dur"] - t0
+        k["kernel_type"] = [kernel_type(n, c) for n, c in zip(k["name"], k["cat"])]
+        out[r] = (k, (windows.loc[r, "start_ts"] - t0, windows.loc[r, "end_ts"] - t0))
+    return out
+
+
+class _NcclKernelNames:
+    """HTA's symbol table with NCCL's kernel names as HTA's straggler analysis expects them: it looks for
+    `ncclKernel*` (NCCL before 2.19), and newer NCCL names the same kernels `ncclDevKernel*`."""
+
+    def __init__(self, table):
+        self.table = table
+
+    @staticmethod
+    def _old(name: str) -> str:
+        return re.sub(r"^ncclDevKernel", "ncclKernel", name)
+
+    def get_sym_table(self):
+        return [self._old(s) for s in self.table.get_sym_table()]
+
+    def get_sym_id_map(self):
+        return {self._old(s): i for s, i in self.table.get_sym_id_map().items()}
+
+
+def _late_start_nccl(df, symbol_table, n_stragglers, visualize=False):
+    """HTA's default straggler metric (the latest start of the dominant collective) over either NCCL naming."""
+    from hta.analyzers.straggler import find_stragglers_with_late_start_comm_kernels
+
+    return find_stragglers_with_late_start_comm_kernels(df, _NcclKernelNames(symbol_table), n_stragglers, visualize)
+
+
+def stragglers(workload: str, stage: str, root=None) -> pd.DataFrame:
+    """Per rank: its step time (median, CUDA events) and whether it is the slowest, from the manifest; and whether
+    HTA names it a potential straggler (the rank whose last long NCCL kernel of a step starts latest, i.e. arrives
+    last at the collective). Where HTA finds no such kernel (a CPU capture has none), its column says
+    "not found"."""
+    m = load_manifest(workload, stage, root)
+    if "rank_step_ms" not in m:
+        raise ValueError(f"{workload}/{stage} was captured on one GPU: no ranks to compare (a stage captured on "
+                         f"every rank, such as 09_sequence_parallel, has them)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = set(load_trace(workload, stage, root).get_potential_stragglers(
+                num_candidates=1, straggler_identification_impl=_late_start_nccl))
+    except (ValueError, KeyError, IndexError):
+        found = None
+    rows = {r: {"step ms": ms, "slowest (manifest)": r == m["slowest_rank"],
+                "HTA potential straggler": "not found" if not found else r in found}
+            for r, ms in enumerate(m["rank_step_ms"])}
+    out = pd.DataFrame(rows).T
+    out["step ms"] = out["step ms"].astype(float).round(1)
+    out.index.name = "rank"
+    return out
+
+
+def sp_workloads(base: str, root=None) -> dict[int, str]:
+    """The captured sequence-parallel runs of a workload ({GPUs: name}, e.g. {2: "t2v-a14b-720p-sp2"}): the
+    `<base>-sp<N>` workloads that have a capture under root."""
+    from ..configs import WORKLOADS
+
+    found = {}
+    for name, w in WORKLOADS.items():
+        if name == f"{base}-sp{w.world_size}" and (_folder(name, None, root) / RUN_SUMMARY).exists():
+            found[w.world_size] = name
+    return dict(sorted(found.items()))
+
+
+def scaling_table(base: str, stage: str = "09_sequence_parallel", root=None, official: dict | None = None
+                  ) -> pd.DataFrame:
+    """Step time against GPU count for a workload, from whichever `<base>-sp<N>` runs are captured: one row for one
+    GPU (the single-GPU stage that the smallest run captured beside the parallel one) and one per run. Columns: the
+    run, step ms (the slowest rank's), speedup over one GPU of the same run, parallel efficiency (speedup / GPUs),
+    the projected video (T5 + every step + VAE, s), and an outside time for the same GPU count where `official`
+    ({GPUs: s}, e.g. wanopt.targets.REFERENCE's Wan2.2 table) has one. Each run's speedup is over its own
+    single-GPU stage."""
+    runs = sp_workloads(base, root)
+    if not runs:
+        raise MissingTraceError(f"no sequence-parallel run of {base} under {Path(root or TRACES)}: capture one with "
+                                f"`torchrun --nproc-per-node 2 -m wanopt capture --workload {base}-sp2 --stages "
+                                f"08_cuda_graphs,{stage}`")
+    official = official or {}
+    rows = []
+    for n, name in runs.items():
+        m = load_manifest(name, stage, root)
+        if not rows and m.get("single_gpu"):
+            one = load_manifest(name, m["single_gpu"]["stage"], root)
+            rows.append({"GPUs": 1, "run": f"{name} · {one['stage']}", "step ms": one["timing"]["median"],
+                         "speedup ×": 1.0, "efficiency": 1.0,
+                         "video s (projected)": (one.get("projection") or {}).get("total_s"),
+                         "official Wan2.2 s": official.get(1)})
+        speedup = m.get("speedup_vs_single_gpu")
+        rows.append({"GPUs": n, "run": f"{name} · {stage}", "step ms": m["timing"]["median"], "speedup ×": speedup,
+                     "efficiency": speedup / n if speedup else np.nan,
+                     "video s (projected)": (m.get("projection") or {}).get("total_s"),
+                     "official Wan2.2 s": official.get(n)})
+    out = pd.DataFrame(rows).set_index("GPUs")
+    return out.astype({"step ms": float, "speedup ×": float, "efficiency": float, "video s (projected)": float,
+                       "official Wan2.2 s": float}).round({"step ms": 1, "speedup ×": 2, "efficiency": 2,
+                                                           "video s (projected)": 1, "official Wan2.2 s": 1})
+
+
+def sp_comparison(workloads, stage: str = "09_sequence_parallel", root=None) -> pd.DataFrame:
+    """One row per sequence-parallel run: the single-GPU stage captured in the same run and its step time, the
+    GPUs, the step time on them (the slowest rank's) and every rank's, the slowest rank, the speedup, the parallel
+    efficiency (speedup / GPUs), the error of the outputs against the single-GPU stage's with its tolerance, and
+    the largest peak memory of a rank."""
+    rows = []
+    for w in workloads:
+        m = load_manifest(w, stage, root)
+        one, err = m.get("single_gpu") or {}, m["error_vs_single_gpu"]
+        n, speedup = m["world_size"], m.get("speedup_vs_single_gpu")
+        rows.append({"workload": w, "run": m["run_id"], "single-GPU stage": one.get("stage"),
+                     "1 GPU ms": one.get("step_ms"), "GPUs": n, f"{stage} ms": m["timing"]["median"],
+                     "ms per rank": ", ".join(f"{t:.1f}" for t in m["rank_step_ms"]),
+                     "slowest rank": m["slowest_rank"], "speedup ×": speedup,
+                     "efficiency": speedup / n if speedup else np.nan, "error vs 1 GPU": err["value"],
+                     "tolerance": err["tolerance"], "peak GiB (max rank)": m["peak_memory_gib"]})
+    return pd.DataFrame(rows).set_index("workload").round({"1 GPU ms": 1, f"{stage} ms": 1, "speedup ×": 2,
+                                                          "efficiency": 2, "peak GiB (max rank)": 2})

@@ -14,7 +14,7 @@ from matplotlib.patches import Patch
 from .analysis import CATEGORIES
 
 COLORS = {"GEMM": "#4C72B0", "attention": "#DD8452", "norm/elementwise": "#55A868", "cast/copy": "#C44E52",
-          "memcpy H2D/D2H": "#8172B3", "other": "#937860"}
+          "memcpy H2D/D2H": "#8172B3", "other": "#937860", "communication": "#222222"}
 DPI = 100
 WIDTH = 11.0
 
@@ -156,4 +156,33 @@ def budget_bar(parts: pd.Series, colors: list[str], markers: dict | None = None,
     ax.set_xlim(0, right)
     ax.set_title(title, fontsize=10, loc="left")
     fig.legend(loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+    return fig
+
+
+def rank_timelines(per_rank: dict, title: str = "", x_unit: str = "ms"):
+    """The ranks of one sequence-parallel step on one time axis, a row per rank (analysis.rank_timelines: each
+    rank's kernels and its step window, µs from the earliest rank's start), each rank with two lanes: its
+    communication kernels (NCCL, black) under every other kernel (all streams, by category). Where one rank's
+    all-to-all starts early and runs long, it waits for the other rank."""
+    ranks = sorted(per_rank)
+    start = min(w[0] for _, w in per_rank.values())
+    end = max(w[1] for _, w in per_rank.values())
+    if not end > start:  # no GPU kernel in any rank's step (a capture on CPUs): empty rows, said so
+        start, end = 0.0, 1.0
+        title = (title + " " if title else "") + "(no GPU kernels in these traces: a CPU capture)"
+    scale = 1e3 if x_unit == "ms" else 1.0
+    fig, axes = _figure(1.6 + 1.1 * len(ranks) + (0.3 if title else 0.0), rows=len(ranks), sharex=True)
+    for ax, r in zip(axes[:, 0], ranks):
+        k, (lo, hi) = per_rank[r]
+        comm = k["kernel_type"] == "COMMUNICATION"
+        _bars(ax, k[~comm], (start, end), 1, scale)
+        _bars(ax, k[comm].assign(category="communication"), (start, end), 0, scale)
+        ax.set_ylim(-0.5, 1.5)
+        ax.set_yticks([0, 1], ["NCCL", "other kernels"], fontsize=8)
+        ax.set_title(f"rank {r}: step {(hi - lo) / scale:.1f} {x_unit}", fontsize=9, loc="left")
+        ax.set_xlim(0, (end - start) / scale)
+    axes[-1, 0].set_xlabel(f"time ({x_unit}) from the first rank's start of the step")
+    if title:
+        fig.suptitle(title, fontsize=10, x=0.01, ha="left")
+    _legend(fig, categories=[*CATEGORIES, "communication"])
     return fig

@@ -20,6 +20,11 @@ VERSION_KEYS = ("torch", "cuda", "cudnn", "driver", "triton", "python", "diffuse
                 "git_commit", "host_cpu")
 
 
+def trace_name(rank: int) -> str:
+    """The trace file of one rank (a single-GPU stage has rank 0's only)."""
+    return f"rank{rank}.pt.trace.json.gz"
+
+
 def new_run_id() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 

@@ -39,6 +39,8 @@ def _manifests(folder: Path) -> dict[str, dict]:
 def _projected(m: dict) -> dict | None:
     if "projection" in m:
         return {"video_s": m["projection"]["total_s"], "steps": m["projection"]["steps"]}
+    if "e2e" in m:
+        return {"frames_per_s": m["e2e"]["fps"], "what": "video frames per second end to end (VAE decode included)"}
     if "dit_fps" in m:
         return {"frames_per_s": m["dit_fps"], "what": "generated frames per second, DiT only"}
     return None
@@ -96,7 +98,7 @@ def _projection(p: dict | None) -> str:
         return ""
     if "video_s" in p:
         return f"{p['video_s']:.0f} s ({p['steps']} steps)"
-    return f"{p['frames_per_s']:.1f} frames/s DiT-only"
+    return f"{p['frames_per_s']:.1f} frames/s " + ("end to end" if "end to end" in p["what"] else "DiT-only")
 
 
 def readme_table(root=None) -> str:

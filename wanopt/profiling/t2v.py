@@ -106,13 +106,23 @@ class T2VRunner:
         self.pipe.denoise_step(state)
         return {"velocity": state.velocity.detach().clone(), "latents": state.latents.detach().clone()}
 
-    def errors(self, out, base) -> dict:
-        metric = ("relative L2 of the guided velocity v_u + g(v_c - v_u) of one step, vs 00_baseline on the same "
+    def errors(self, out, base, against: str = "00_baseline") -> dict:
+        metric = (f"relative L2 of the guided velocity v_u + g(v_c - v_u) of one step, vs {against} on the same "
                   "inputs")
         if out is None:
             return {"metric": metric, "value": None, "latents_relative_l2": None}
         return {"metric": metric, "value": rel_l2(out["velocity"], base["velocity"]),
                 "latents_relative_l2": rel_l2(out["latents"], base["latents"])}
+
+    def fingerprint(self) -> list[float]:
+        """A cheap check that every rank of a torchrun world built the same pipeline: sums of a few weights of each
+        expert (first, middle, last tensor), of the text contexts and of the step's noise."""
+        sums = []
+        for model in self.pipe.experts.values():
+            params = list(model.parameters())
+            sums += [params[i].detach().double().sum().item() for i in (0, len(params) // 2, -1)]
+        state = self.state_at(self.normal_index)
+        return sums + [t.double().sum().item() for t in (self.context, self.context_null, state.latents)]
 
     def eval_flops(self) -> dict:
         model = next(iter(self.pipe.experts.values()))
@@ -132,7 +142,9 @@ class T2VRunner:
         p = self.pipe
         return (self.workload.step + (" (batched: one forward of batch 2)" if p.batch_cfg else
                                       " (two sequential forwards)")
-                + ("; offload on: one expert resident" if p.offload else "; both experts resident"))
+                + ("; offload on: one expert resident" if p.offload else "; both experts resident")
+                + (f"; the sequence sharded over {p.world_size} {'GPUs' if self.device == 'cuda' else 'processes'}"
+                   if getattr(p, "world_size", 1) > 1 else ""))
 
     def extras(self, stage, m: dict, summary: dict) -> dict:
         p = self.pipe

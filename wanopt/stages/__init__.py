@@ -16,10 +16,12 @@ from .base import Choice, ChoiceContext, Stage
 from .cfg import batch_cfg
 from .compile import compile_blocks, compile_causal_parts, compile_model, uncompile
 from .cuda_graphs import causal_cuda_graphs, cuda_graphs
+from .decode import decode_channels_last, decode_compile, decode_cuda_graphs, decode_overlap
 from .dtype_hygiene import lean_numerics
 from .kv_cache import host_cache_indices, ring_kv_cache
 from .mg2_lean import fold_cache_refresh, mg2_lean_numerics
 from .offload import no_offload
+from .sequence_parallel import sequence_parallel
 from .tf32 import enable_tf32
 
 
@@ -104,13 +106,45 @@ MG2_STAGES: list[Stage] = [
 
 FAMILY_STAGES = {"t2v": T2V_STAGES, "mg2": MG2_STAGES}
 
+# Matrix-Game-2 end to end (workloads with `decode`): after the DiT stages, the streaming VAE decode of each block.
+# They leave the DiT as it is (tolerance 0 adds nothing to the x0 metric's). Their "decode" part tolerance is on
+# the decoded frames of a fixed latent sequence (a first block and two steady ones) against the reference decode of
+# the same run (upstream's: eager, fp16), relative L2 (the runner's `decode` error part):
+#   channels-last 1e-2: the same convolutions, cuDNN picks other algorithms for the other layout; fp16 sums round
+#     differently at every one of ~30 convolutions. The tiny model in fp32 stays within 1e-5 (tests/test_decode.py);
+#     1e-2 is far below the O(1) that a stale or misplaced cache frame gives (the same tests).
+#   compile, graphs, second stream: Inductor's fused norms and activations round once instead of per op (fp16);
+#     the graph and the second stream replay the same kernels.
+MG2_DECODE_STAGES: list[Stage] = [
+    Stage("09_decode_channels_last", decode_channels_last, "the VAE decoder in channels-last 3-D layout, cuDNN's "
+          "algorithm search on", False, 0.0, part_tolerances={"decode": 1e-2}),
+    Stage("10_decode_compile", decode_compile, "the steady decode (3 latent frames, cache in and out) compiled at "
+          "static shapes",
+          False, 0.0, compiles=True, part_tolerances={"decode": 1e-2}),
+    Stage("11_decode_cuda_graphs", decode_cuda_graphs, "one CUDA graph per steady block decode (3 latent frames, "
+          "the carried cache written in place)", False, 0.0, compiles=True, part_tolerances={"decode": 1e-2}),
+    Stage("12_decode_overlap", decode_overlap, "block b's decode on a second stream while block b+1's DiT runs",
+          False, 0.0, compiles=True, part_tolerances={"decode": 1e-2}),
+]
+
+# Multi-GPU T2V workloads (world_size > 1), after the single-GPU stages; tolerance on the guided velocity as above:
+# the same math, attention kernels of other shapes (heads/N over the whole sequence) round differently in bf16.
+PARALLEL_STAGES: list[Stage] = [
+    Stage("09_sequence_parallel", sequence_parallel, "Ulysses sequence parallel: video tokens sharded across the "
+          "ranks, all-to-all around self-attention", False, 5e-2, distributed=True),
+]
+
+# Each group of stages that is not a family's own list, and the notebook that shows it.
+EXTRA_STAGES: dict[str, list[Stage]] = {"mg2/e2e": MG2_DECODE_STAGES, "parallel/sequence_parallel": PARALLEL_STAGES}
+
 # The order per workload. Names keep their number from the default order (what a stage is does not change);
 # A14B applies batched CFG after dtype hygiene: with the reference numerics a batch-2 forward (per-token fp32
 # modulation tables, fp32 residual, fp64 RoPE copies) does not fit next to both 14B experts on an 80 GB H100.
 # The capture records that attempt (OOM) in the same run; notebook t2v/02_batched_cfg shows it.
 A14B_ORDER = ["00_baseline", "01_no_offload", "03_tf32", "04_dtype_hygiene", "02_batched_cfg", "05_attention",
               "06_fusion", "07_compile", "08_cuda_graphs"]
-WORKLOAD_ORDER = {"t2v-a14b-480p": A14B_ORDER, "t2v-a14b-720p": A14B_ORDER, "tiny-t2v": A14B_ORDER}
+WORKLOAD_ORDER = {name: A14B_ORDER for name in ("t2v-a14b-480p", "t2v-a14b-720p", "t2v-a14b-720p-sp2",
+                                                "t2v-a14b-720p-sp4", "t2v-a14b-720p-sp8", "tiny-t2v", "tiny-t2v-sp2")}
 
 
 def _family(workload: str | None) -> str:
@@ -118,10 +152,15 @@ def _family(workload: str | None) -> str:
 
 
 def stage_order(workload: str | None = None) -> list[Stage]:
-    """The stages of a workload in the order they are applied (T2V's default order without a workload)."""
+    """The stages of a workload in the order they are applied (T2V's default order without a workload): its family's
+    list, then the decode stages for an end-to-end workload or sequence parallel for a multi-GPU one."""
     by_name = {s.name: s for s in FAMILY_STAGES[_family(workload)]}
     names = WORKLOAD_ORDER.get(workload, list(by_name))
-    return [by_name[n] for n in names]
+    extra = []
+    if workload is not None:
+        wl = get_workload(workload)
+        extra = (MG2_DECODE_STAGES if wl.decode else []) + (PARALLEL_STAGES if wl.world_size > 1 else [])
+    return [by_name[n] for n in names] + extra
 
 
 def get_stage(name: str, workload: str | None = None) -> Stage:
@@ -145,6 +184,13 @@ def cumulative_tolerance(stages: list[Stage], name: str) -> float:
     those applied up to it (errors add up along the sequence)."""
     names = [s.name for s in stages]
     return max(s.tolerance for s in stages[: names.index(name) + 1])
+
+
+def cumulative_part_tolerance(stages: list[Stage], name: str, part: str) -> float | None:
+    """As cumulative_tolerance for one of a runner's error parts; None where no stage up to `name` sets one."""
+    names = [s.name for s in stages]
+    given = [s.part_tolerances[part] for s in stages[: names.index(name) + 1] if part in s.part_tolerances]
+    return max(given) if given else None
 
 
 def tolerance_at(name: str, workload: str | None = None) -> float:
@@ -187,19 +233,24 @@ def apply_stage(pipe, stage: Stage, options: dict | None = None):
     return pipe
 
 
-def apply_stages(pipe, names, workload: str | None = None, ctx: ChoiceContext | None = None):
+def apply_stages(pipe, names, workload: str | None = None, ctx: ChoiceContext | None = None,
+                 options: dict | None = None):
     """Apply the named stages (each once, in the workload's order), each with the options its `choose` gives in
-    `ctx` (default: this machine without measurements, what the tiny-model tests and notebooks use)."""
+    `ctx` (default: this machine without measurements, what the tiny-model tests and notebooks use), or those
+    given per stage in `options` (say, what a capture on this GPU measured and recorded)."""
     wanted = {get_stage(n, workload).name for n in names}
+    options = options or {}
     for stage in stage_order(workload):
         if stage.name in wanted and stage.apply is not None:
-            pipe = apply_stage(pipe, stage, stage.options(ctx).options)
+            pipe = apply_stage(pipe, stage, options[stage.name] if stage.name in options else
+                               stage.options(ctx).options)
     return pipe
 
 
-__all__ = ["T2V_STAGES", "MG2_STAGES", "Stage", "Choice", "ChoiceContext", "Plan", "plan", "stage_order",
-           "WORKLOAD_ORDER", "get_stage", "stages_up_to", "tolerance_at", "cumulative_tolerance", "apply_stage", "apply_stages",
+__all__ = ["T2V_STAGES", "MG2_STAGES", "MG2_DECODE_STAGES", "PARALLEL_STAGES", "EXTRA_STAGES", "Stage", "Choice", "ChoiceContext", "Plan", "plan", "stage_order",
+           "WORKLOAD_ORDER", "get_stage", "stages_up_to", "tolerance_at", "cumulative_tolerance", "cumulative_part_tolerance", "apply_stage", "apply_stages",
            "no_offload", "batch_cfg", "enable_tf32", "lean_numerics", "attention_kernel", "best_backend",
            "fuse_kernels", "compile_blocks", "compile_model", "uncompile", "cuda_graphs", "host_cache_indices",
            "ring_kv_cache", "mg2_lean_numerics", "mg2_attention_kernels", "choose_mg2_attention", "fuse_causal_kernels",
-           "compile_causal_parts", "causal_cuda_graphs", "fold_cache_refresh"]
+           "compile_causal_parts", "causal_cuda_graphs", "fold_cache_refresh", "decode_channels_last", "decode_compile",
+           "decode_cuda_graphs", "decode_overlap", "sequence_parallel"]

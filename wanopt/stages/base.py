@@ -34,6 +34,12 @@ class Stage:
     compiles: bool = False  # its first call compiles or captures: the warm-up minus a timed call is reported
     # another way to do the same (label, apply, undo), timed in the same run when the capture is asked to
     alternative: tuple[str, Callable, Callable] | None = None
+    # tolerances of a runner's further error parts (the end-to-end MG2 runner's "decode": relative L2 of decoded
+    # frames against the reference decode of the same latents), where the stage sets one
+    part_tolerances: dict = field(default_factory=dict)
+    # runs on every rank of a torchrun world (sequence parallel): captured on all ranks, a trace per rank; the
+    # single-GPU stages before it are captured on rank 0 alone
+    distributed: bool = False
 
     def options(self, ctx: ChoiceContext | None = None) -> Choice:
         """The stage's options in this context (no options for a stage without a choice)."""

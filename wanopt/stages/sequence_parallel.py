@@ -21,26 +21,7 @@ import torch.distributed as dist
 from torch.profiler import record_function
 
 from ..models.layers import attention
-
-
-def seq_to_heads(x: torch.Tensor, group=None) -> torch.Tensor:
-    """[B, L/N, H, D] on each rank (its tokens, all heads) -> [B, L, H/N, D] (all tokens, its heads)."""
-    n = dist.get_world_size(group)
-    b, s, h, d = x.shape
-    send = x.reshape(b, s, n, h // n, d).permute(2, 0, 1, 3, 4).contiguous()  # chunk i: the heads of rank i
-    recv = torch.empty_like(send)
-    dist.all_to_all_single(recv, send, group=group)  # recv chunk j: rank j's tokens of this rank's heads
-    return recv.permute(1, 0, 2, 3, 4).reshape(b, n * s, h // n, d)
-
-
-def heads_to_seq(x: torch.Tensor, group=None) -> torch.Tensor:
-    """The inverse of seq_to_heads: [B, L, H/N, D] -> [B, L/N, H, D]."""
-    n = dist.get_world_size(group)
-    b, length, hn, d = x.shape
-    send = x.reshape(b, n, length // n, hn, d).permute(1, 0, 2, 3, 4).contiguous()  # chunk j: rank j's tokens
-    recv = torch.empty_like(send)
-    dist.all_to_all_single(recv, send, group=group)  # recv chunk i: this rank's tokens of rank i's heads
-    return recv.permute(1, 2, 0, 3, 4).reshape(b, length // n, n * hn, d)
+from ..parallel import heads_to_seq, seq_to_heads
 
 
 class UlyssesSelfAttention:
