@@ -16,6 +16,8 @@ CUDA graphs (stage 08) are taken off the model by this stage: the collectives ru
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 from torch.profiler import record_function
@@ -82,6 +84,7 @@ class SequenceParallelModel:
         return x.reshape(b, c.out_dim, f * pt, h * ph, w * pw).float()
 
 
+@functools.cache  # one class per pair: a new class per block would make torch.compile recompile per block
 def _mixed(mixin, cls):
     return type(f"{mixin.__name__}{cls.__name__}", (mixin, cls), {"__module__": __name__})
 
