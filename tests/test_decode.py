@@ -141,3 +141,15 @@ def test_the_live_decode_check_flags_nothing_on_the_reference_path():
     assert list(df.index[1:]) == [s.name for s in MG2_DECODE_STAGES] and (df["within"].iloc[1:] == "yes").all()
     # the streamed reference equals the whole-sequence decode: the carried cache is right (a lost cache is O(1))
     assert df.loc["reference (streamed)", "vs whole-sequence decode"] <= 1e-6 and df["frames"].iloc[0] == 33
+
+
+def test_the_committed_e2e_run_overlaps_the_decode_on_its_own_stream():
+    """What notebook mg2/e2e reads from the committed trace: the steady block of the overlapped stage runs on two
+    streams, the decode's starting first; the stage before it runs on one."""
+    from wanopt.profiling import e2e
+
+    both = e2e.stream_busy("12_decode_overlap").loc[3]
+    assert len(both) == 2
+    decode, dit = both.sort_values("first start ms").index
+    assert both.loc[decode, "kernels"] < both.loc[dit, "kernels"]  # a graph of convolutions against the DiT's
+    assert len(e2e.stream_busy("11_decode_cuda_graphs").loc[3]) == 1

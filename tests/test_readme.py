@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from wanopt.profiling.results import COLUMNS, readme_table, result_rows
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -30,5 +32,13 @@ def test_table_json_holds_every_row_of_the_readme_table():
     assert all(set(r) == set(COLUMNS) for r in rows)
     for r in rows:  # every speedup is against the same run's baseline, and every row names its device and run
         assert r["device"] and r["run_id"] and r["median_ms"] > 0 and r["speedup_vs_baseline"] > 0
-    first = {r["workload"]: r for r in rows if r["stage"] == "00_baseline"}
+    # each workload's rows come from one run: its first row's (the baseline, or a multi-GPU run's single-GPU stage)
+    first = {}
+    for r in rows:
+        first.setdefault(r["workload"], r)
     assert all(first[r["workload"]]["run_id"] == r["run_id"] for r in rows)
+    parallel = [r for r in rows if (r["gpus"] or 1) > 1]  # a peer row has no GPU count
+    for r in parallel:  # the sequence-parallel row's speedup is over the single-GPU row of the same call
+        single = first[r["workload"]]
+        assert single["gpus"] == 1 and r["speedup_vs_baseline"] == pytest.approx(single["median_ms"] / r["median_ms"],
+                                                                                  rel=1e-6)

@@ -402,8 +402,8 @@ print(f"DiT-only {m['dit_fps']:.1f} FPS uses {100 * steady_ms / claim_ms:.0f} % 
 fps.round(1)
 
 # %% [markdown]
-# Every Matrix-Game-2 target against this run (the baseline is its own fastest stage so far; end to end with the
-# streaming VAE decode is not measured by this run):
+# Every DiT-only Matrix-Game-2 target against this run (the baseline is its own fastest stage so far; end to end
+# with the streaming VAE decode is the workload `mg2-universal-e2e`, notebook `mg2/e2e`):
 
 # %%
 targets.evaluate(WORKLOAD).drop(columns=["run", "device"])

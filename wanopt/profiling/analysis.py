@@ -1008,8 +1008,8 @@ def _late_start_nccl(df, symbol_table, n_stragglers, visualize=False):
 def stragglers(workload: str, stage: str, root=None) -> pd.DataFrame:
     """Per rank: its step time (median, CUDA events) and whether it is the slowest, from the manifest; and whether
     HTA names it a potential straggler (the rank whose last long NCCL kernel of a step starts latest, i.e. arrives
-    last at the collective). Where HTA finds no such kernel (a CPU capture has none), its column says
-    "not found"."""
+    last at the collective). HTA counts only collectives of at least 1 % of a step: where there is none (a CPU
+    capture has no NCCL kernel; Ulysses' all-to-alls are many and short), its column says "no candidate"."""
     m = load_manifest(workload, stage, root)
     if "rank_step_ms" not in m:
         raise ValueError(f"{workload}/{stage} was captured on one GPU: no ranks to compare (a stage captured on "
@@ -1022,7 +1022,7 @@ def stragglers(workload: str, stage: str, root=None) -> pd.DataFrame:
     except (ValueError, KeyError, IndexError):
         found = None
     rows = {r: {"step ms": ms, "slowest (manifest)": r == m["slowest_rank"],
-                "HTA potential straggler": "not found" if not found else r in found}
+                "HTA potential straggler": "no candidate" if not found else r in found}
             for r, ms in enumerate(m["rank_step_ms"])}
     out = pd.DataFrame(rows).T
     out["step ms"] = out["step ms"].astype(float).round(1)

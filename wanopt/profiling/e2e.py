@@ -71,6 +71,28 @@ def e2e_breakdown_figure(workload: str = E2E, root=None):
     return fig
 
 
+def stream_busy(stage: str, workload: str = E2E, root=None) -> pd.DataFrame:
+    """Per profiled block (1: block 0, 2: block 1, 3: the steady block) and CUDA stream: kernels, GPU busy time
+    (the sum of kernel durations, ms) and the first and last kernel's start and end from the block's first kernel
+    (ms). With the decode overlapped, block 3 has two streams: the DiT's graph and the previous block's decode."""
+    k = analysis.kernels(analysis.load_trace(workload, stage, root)).query("iteration > 0")
+    rows = []
+    for (it, stream), g in k.groupby(["iteration", "stream"]):
+        t0 = k.loc[k["iteration"] == it, "start_us"].min()
+        rows.append({"profiled block": it, "stream": stream, "kernels": len(g), "busy ms": g["dur"].sum() / 1e3,
+                     "first start ms": (g["start_us"].min() - t0) / 1e3, "last end ms": (g["end_us"].max() - t0) / 1e3})
+    return pd.DataFrame(rows).set_index(["profiled block", "stream"]).round(1)
+
+
+def stream_timeline(stage: str, block: int = 3, workload: str = E2E, root=None):
+    """One profiled block of a stage, one row per CUDA stream (plots.kernel_timeline)."""
+    from . import plots
+
+    k = analysis.kernels(analysis.load_trace(workload, stage, root)).query("iteration == @block")
+    window = (k["start_us"].min(), k["end_us"].max())
+    return plots.kernel_timeline(k, window, title=f"{workload} · {stage}: profiled block {block}, one row per stream")
+
+
 def tiny_decode_errors(blocks: int = 4, seed: int = 0) -> pd.DataFrame:
     """Live, on the CPU: the tiny VAE in fp32 decoding a fixed latent video block by block through the pipeline's
     decode path, the decode stages applied one by one; the relative L2 of the frames against the reference streamed
@@ -106,4 +128,5 @@ def tiny_decode_errors(blocks: int = 4, seed: int = 0) -> pd.DataFrame:
     return df
 
 
-__all__ = ["e2e_numbers", "e2e_cold_starts", "e2e_breakdown_figure", "tiny_decode_errors", "E2E"]
+__all__ = ["e2e_numbers", "e2e_cold_starts", "e2e_breakdown_figure", "stream_busy", "stream_timeline",
+           "tiny_decode_errors", "E2E"]

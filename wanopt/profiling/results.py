@@ -2,7 +2,8 @@
 
 `python -m wanopt table --format json` prints the rows; `python -m wanopt table` prints the README's markdown
 table, rendered from the same rows (tests/test_readme.py keeps the README in sync). Per workload: the baseline,
-the fastest captured stage and, for T2V, the fastest diffusers peer of the same run. Every speedup compares two
+the fastest captured stage and, for T2V, the fastest diffusers peer of the same run; for a multi-GPU run the
+single-GPU stage and the sequence-parallel one, whose speedup is over that single-GPU stage. Every speedup compares two
 numbers of one capture run; each row names its device, run and commit.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from ..configs import WORKLOADS
 from .records import MANIFEST, RUN_SUMMARY, TRACES
 
-COLUMNS = ("workload", "stage", "device", "unit", "median_ms", "speedup_vs_baseline", "mfu", "kernel_floor_ratio",
+COLUMNS = ("workload", "stage", "device", "gpus", "unit", "median_ms", "speedup_vs_baseline", "mfu", "kernel_floor_ratio",
            "peak_gib", "projected", "run_id", "commit")
 
 
@@ -50,7 +51,8 @@ UNIT_NAMES = {"t2v": "step", "mg2": "block"}  # the README's short name of a fam
 
 
 def _row(workload: str, stage: str, m: dict, run: dict) -> dict:
-    return {"workload": workload, "stage": stage, "device": m["device"], "unit": m["step"],
+    return {"workload": workload, "stage": stage, "device": m["device"], "gpus": m.get("world_size", 1),
+            "unit": m["step"],
             "median_ms": m["timing"]["median"], "speedup_vs_baseline": m["speedup_vs_baseline"] or 1.0,
             "mfu": m["mfu"], "kernel_floor_ratio": m["kernel_floor_ratio"],
             "peak_gib": m["peak_memory_gib"], "projected": _projected(m), "run_id": m["run_id"],
@@ -68,6 +70,13 @@ def result_rows(root=None) -> list[dict]:
         run = _json(folder / RUN_SUMMARY)
         # one run per row set: a later partial run rewrites capture.json but leaves older stage folders behind
         manifests = {k: m for k, m in _manifests(folder).items() if m["run_id"] == run["run_id"]}
+        parallel = [m for m in manifests.values() if "single_gpu" in m]
+        if "00_baseline" not in manifests and parallel:  # a multi-GPU run: one GPU against N, in the same call
+            sp = parallel[0]
+            single = manifests[sp["single_gpu"]["stage"]]
+            rows.append(_row(name, single["stage"], single, run))
+            rows.append({**_row(name, sp["stage"], sp, run), "speedup_vs_baseline": sp["speedup_vs_single_gpu"]})
+            continue
         if "00_baseline" not in manifests:
             continue
         base = manifests["00_baseline"]
@@ -107,7 +116,8 @@ def readme_table(root=None) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in result_rows(root):
         stage = r["stage"].replace("_", " ") if r["stage"].endswith("(peer)") else r["stage"]
-        lines.append(f"| {r['workload']} | {stage} | {short_device(r['device'])} | "
+        gpus = f"{r['gpus']}× " if (r["gpus"] or 1) > 1 else ""
+        lines.append(f"| {r['workload']} | {stage} | {gpus}{short_device(r['device'])} | "
                      f"{_time(r['median_ms'])} / {UNIT_NAMES[WORKLOADS[r['workload']].family]} | "
                      f"{r['speedup_vs_baseline']:.2f}× | {_cell(r['mfu'], '.2f')} | "
                      f"{_cell(r['kernel_floor_ratio'], '.2f')} | {_cell(r['peak_gib'], '.1f')} | "
