@@ -1,5 +1,6 @@
-"""Sequence parallel (Ulysses) against the single-process forward: world sizes 2 and 4 as gloo process groups of
-CPU processes, the tiny T2V DiT in fp32 (8 heads of 32, so 4 ranks hold 2 heads each), lean and fused forms.
+"""Sequence parallel (Ulysses) against the single-process forward: world sizes 2, 4 and 8 as gloo process groups of
+CPU processes (the world sizes of the 2-, 4- and 8-GPU runs), the tiny T2V DiT in fp32 (8 heads of 32, so 4 ranks
+hold 2 heads each and 8 ranks one), lean and fused forms.
 
 Tolerance 1e-5: the sharded forward runs the same math; only the attention kernel's shapes (heads per call) and the
 GEMMs' row counts differ, which reorders fp32 sums. A shard in the wrong place or a head sent to the wrong rank gives
@@ -68,7 +69,7 @@ def run(world, tmp_path, fused=False, swap=False, backend="gloo"):
     return torch.load(out)
 
 
-@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("world", [2, 4, 8])
 def test_sharded_forward_equals_the_single_process_one(world, tmp_path):
     r = run(world, tmp_path)
     assert r["out"].shape == r["ref"].shape
