@@ -218,7 +218,8 @@ def test_first_block_ratio_in_both_formats():
 
 
 def test_provenance_names_the_commit_and_wraps_between_words():
-    for w, stage in (("t2v-a14b-480p", "02_batched_cfg"), (MG2, "00_baseline"), (TINY, "00_baseline")):
+    for w, stage in (("t2v-a14b-480p", "02_batched_cfg"), (MG2, "00_baseline"), (TINY, "00_baseline"),
+                     ("t2v-a14b-720p-sp2", "09_sequence_parallel")):
         m = analysis.load_manifest(w, stage)
         text = analysis.provenance(m)
         commit = (m.get("versions") or {}).get("git_commit") or "not recorded"
@@ -227,6 +228,9 @@ def test_provenance_names_the_commit_and_wraps_between_words():
         assert all(len(line) <= 110 for line in lines)
         words = " ".join(line.strip() for line in lines).split()
         assert {w.rstrip(";") for w in m["step"].split()} <= {w.rstrip(";") for w in words}  # no word cut in two
+        driver = (m.get("versions") or {}).get("driver")
+        if driver:  # a 2-GPU run recorded the driver once per GPU: said once
+            assert text.count(driver.split()[0]) == 1
 
 
 def test_best_stage_and_peer():

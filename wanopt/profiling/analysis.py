@@ -771,7 +771,8 @@ def provenance(manifest: dict, width: int = 108) -> str:
     v = manifest.get("versions") or {}
     lines = [f"{manifest['workload']} · {manifest['stage']} · run {manifest['run_id']} · commit "
              f"{commit_of(manifest)}",
-             f"{manifest['device']} · torch {v.get('torch')} · CUDA {v.get('cuda')} · driver {v.get('driver')}",
+             f"{manifest['device']} · torch {v.get('torch')} · CUDA {v.get('cuda')} · driver "
+             f"{' '.join(dict.fromkeys(str(v.get('driver')).split()))}",  # a 2-GPU run recorded one line per GPU
              f"timed: {manifest['step']}; median of {manifest['timing']['n']} with CUDA events"]
     return "\n".join(textwrap.fill(line, width, subsequent_indent="    ", break_long_words=False,
                                    break_on_hyphens=False)

@@ -63,7 +63,8 @@ def environment() -> dict:
         props = torch.cuda.get_device_properties(0)
         env.update(device=props.name, device_memory_gib=round(props.total_memory / 2**30, 1),
                    multiprocessors=props.multi_processor_count)
-        env["driver"] = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+        driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+        env["driver"] = driver.split()[0] if driver else driver  # one line per GPU: the same driver for all
     for key, dist in (("triton", "triton"), ("diffusers", "diffusers"), ("transformers", "transformers"),
                       ("flash_attn_4", "flash-attn-4")):
         env[key] = _dist_version(dist)
