@@ -66,8 +66,9 @@ class StreamingDecoder:
     def __init__(self, vae):
         self.vae = vae
         cfg = vae.config
-        self.mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
-        self.std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
+        # on the VAE's device once: a copy from host memory per block would stall the host on the decode's stream
+        self.mean = torch.tensor(cfg.latents_mean, device=vae.device).view(1, -1, 1, 1, 1)
+        self.std = torch.tensor(cfg.latents_std, device=vae.device).view(1, -1, 1, 1, 1)
         self.reset()
 
     def reset(self):
@@ -99,12 +100,15 @@ class StreamingDecoder:
 
         self._check(latents)
         vae = self.vae
-        z = latents.float() * self.std.to(latents.device) + self.mean.to(latents.device)
-        x = self.layout(vae.post_quant_conv(z.to(vae.dtype)))
+        x = self.layout(vae.post_quant_conv(self.unscale(latents).to(vae.dtype)))
         out = self.decode_steady(x) if self.steady() else self.decode_frames(x)
         if vae.config.patch_size is not None:
             out = unpatchify(out, patch_size=vae.config.patch_size)
         return out.float().clamp_(-1, 1)
+
+    def unscale(self, latents: torch.Tensor) -> torch.Tensor:
+        """The DiT's normalised latents -> the VAE's (z·std + mean, as diffusers' WanPipeline), in float32."""
+        return latents.float() * self.std.to(latents.device) + self.mean.to(latents.device)
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         """The decoder input's memory layout (a decode stage may change it)."""
